@@ -1,0 +1,54 @@
+"""Classic CNN (BatchNorm + Dropout variant) on digits.
+
+  python run.py --config configs/cnn.py            # full offline run on mnist10k
+  python run.py --config configs/cnn.py:smoke      # a few steps, for tests
+  python run.py --config configs/cnn.py:cifar10    # TFDS cifar10 (needs the prepared dataset)
+"""
+from jaxvision import config as config_lib
+
+
+def get_config(preset: str = ''):
+  c = config_lib.base()
+  c.task = 'classification'
+  c.model.name = 'cnn'
+  c.model.variant = 'bn_dropout'
+  c.model.conv_impl = 'im2col'
+  c.model.num_classes = 10
+
+  c.data.name = 'mnist10k'
+  c.data.batch_size = 128
+  c.data.augment = 'shift'
+  c.data.shift = 2
+
+  c.optim.name = 'adamw'
+  c.optim.lr = 3e-3
+  c.optim.schedule = 'onecycle'
+  c.optim.warmup_frac = 0.25
+  c.optim.weight_decay = 1e-4
+  c.loss.label_smoothing = 0.1
+
+  c.train.steps = 1250  # 20 epochs of the 8,000 training images
+  c.train.log_every = 50
+  c.train.eval_every = 250
+  c.train.ckpt_every = 250
+
+  if preset == 'smoke':
+    c.train.steps = 6
+    c.train.log_every = 2
+    c.train.eval_every = 3
+    c.train.ckpt_every = 3
+    c.data.batch_size = 32
+    c.data.eval_batch_size = 1000
+    c.model.features = (8, 16)
+    c.model.hidden = 32
+  elif preset == 'cifar10':
+    c.data.name = 'cifar10'
+    c.data.augment = 'crop_flip'
+    c.data.shift = 4
+    c.data.scale = 'minus_one_one'
+    c.train.steps = 390 * 30
+    c.train.eval_every = 1000
+    c.train.ckpt_every = 1000
+  elif preset:
+    raise ValueError(f'configs/cnn.py has presets smoke and cifar10, not {preset!r}')
+  return c

@@ -1,0 +1,66 @@
+"""Orbax checkpoints of the train state and the data iterator.
+
+Each checkpoint step holds two items: `state` (the whole train state PyTree)
+and `data` (the grain iterator position), so a resumed run sees exactly the
+batches and random keys an uninterrupted one would. Restore targets carry
+their shardings, so a checkpoint restores onto whatever mesh the run has now.
+A latest checkpoint that cannot be read (truncated or missing files) is
+skipped with one warning naming it, and the previous step is used; nothing
+is deleted.
+"""
+import logging
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+
+class Checkpointer:
+
+  def __init__(self, directory: str, keep: int):
+    self._manager = ocp.CheckpointManager(
+        directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                             enable_async_checkpointing=True))
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def save(self, step: int, state, data_iterator=None) -> None:
+    items = {'state': ocp.args.StandardSave(state)}
+    if data_iterator is not None:
+      items['data'] = grain.checkpoint.CheckpointSave(data_iterator)
+    self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+  def restore(self, state_template, data_iterator=None, step: int | None = None):
+    """Restores the newest readable step (or `step`) into the template's shapes
+    and shardings; returns (step, state), or (None, template) if there is none."""
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state_template)
+    steps = [step] if step is not None else self.all_steps()[::-1]
+    for s in steps:
+      items = {'state': ocp.args.StandardRestore(abstract)}
+      if data_iterator is not None:
+        items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
+      try:
+        restored = self._manager.restore(s, args=ocp.args.Composite(**items))
+      except Exception as e:  # pylint: disable=broad-except
+        if step is not None:
+          raise
+        first = str(e).splitlines()[0] if str(e) else ''
+        log.warning('checkpoint step %d in %s cannot be read (%s: %s); trying the previous one',
+                    s, self._manager.directory, type(e).__name__, first[:300])
+        continue
+      return s, restored['state']
+    return None, state_template
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()

@@ -1,0 +1,2 @@
+"""Datasets (TFDS builders, incl. the offline `mnist10k`) and the input pipeline."""
+from jaxvision.data import mnist10k  # registers the `mnist10k` TFDS builder

@@ -1,0 +1,157 @@
+"""Deterministic input pipeline: TFDS data source -> grain -> numpy batches.
+
+The order of training examples is a function of (seed, step) alone: grain
+shuffles the indices of the split with the seed, a new permutation each
+epoch, and batch `s` is elements `s*B ... (s+1)*B-1` of that stream. Each
+process reads only its own rows of every global batch (`jax.process_index()`).
+The iterator's position is saved with every checkpoint (grain state) and
+restored on resume. Random augmentation is not done here: it runs inside the
+jitted train step with the state's key (see `jaxvision/data/augment.py`).
+"""
+import dataclasses
+import hashlib
+import os
+
+import grain
+from absl import logging as absl_logging
+import jax
+import numpy as np
+import tensorflow_datasets as tfds
+
+from jaxvision.data import mnist10k
+
+OFFLINE = 'mnist10k'
+
+
+class DataError(ValueError):
+  """A dataset that cannot be read; the message is one line with the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """One split of a dataset, readable by index."""
+  name: str
+  split: str
+  size: int
+  image_shape: tuple[int, ...]
+  num_classes: int
+  fingerprint: str
+  read: object  # callable: int64[k] indices -> dict of numpy arrays with leading dim k
+
+
+def _data_dir(data_config) -> str | None:
+  return data_config.tfds_dir or None
+
+
+def builder(data_config):
+  """The TFDS builder for `data.name`, prepared; raises DataError with the fix."""
+  name = data_config.name
+  if name not in tfds.list_builders(with_community_datasets=False):
+    raise DataError(f'data.name={name!r} is not a TFDS dataset; '
+                    f'use data.name={OFFLINE} (offline, ships with jaxvision) or a TFDS name')
+  verbosity = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.ERROR)  # TFDS warns about every missing folder
+  try:
+    b = tfds.builder(name, data_dir=_data_dir(data_config), file_format='array_record')
+    prepared = b.is_prepared()
+  finally:
+    absl_logging.set_verbosity(verbosity)
+  if prepared:
+    return b
+  if name != OFFLINE and not data_config.download:
+    raise DataError(f'dataset {name!r} is not prepared in {b.data_dir_root}: prepare it with '
+                    f'`tfds build {name} --data_dir {b.data_dir_root} --file_format array_record` '
+                    f'(manual files go in {_manual_dir(b)}), or pass --config.data.download=True, '
+                    f'or use --config.data.name={OFFLINE} (offline)')
+  try:
+    b.download_and_prepare(file_format='array_record')
+  except Exception as e:  # network, missing TensorFlow, manual data ... all end the same way
+    reason = f'{type(e).__name__}: {(str(e).splitlines() or [""])[0][:200]}'
+    raise DataError(f'dataset {name!r} is not prepared in {b.data_dir_root} and could not be '
+                    f'downloaded ({reason}); put its files in {_manual_dir(b)} and run '
+                    f'`tfds build {name} --manual_dir {_manual_dir(b)}`, '
+                    f'or use --config.data.name={OFFLINE} (offline)') from e
+  return b
+
+
+def _manual_dir(b) -> str:
+  return os.path.join(b.data_dir_root, 'downloads', 'manual')
+
+
+def _fingerprint(b, split: str) -> str:
+  if b.name == OFFLINE:
+    files = ','.join(md5 for _, md5 in mnist10k.FILES.values())
+    return f'{OFFLINE}/{b.version}/{split}/n={b.info.splits[split].num_examples}/md5={files}'
+  if split not in b.info.splits:  # a slice, or a mocked dataset
+    return f'{b.name}/{b.version}/{split}'
+  info = b.info.splits[split]
+  files = hashlib.sha256(str(info.file_instructions).encode()).hexdigest()[:16]
+  return f'{b.name}/{b.version}/{split}/n={info.num_examples}/files={files}'
+
+
+def _select(example: dict) -> dict:
+  return {'image': example['image'], 'label': example['label']}
+
+
+def load_split(data_config, split: str) -> Split:
+  b = builder(data_config)
+  if b.info.splits and split.split('[')[0] not in b.info.splits:  # 'train[:90%]' slices work
+    raise DataError(f'{data_config.name} has no split {split!r}; it has: {", ".join(b.info.splits)}')
+  features = b.info.features
+  if 'image' not in features or 'label' not in features:
+    raise DataError(f'{data_config.name} has no image/label features; classification needs both')
+  source = b.as_data_source(split)
+  size = len(source)
+  if data_config.cache:  # read the whole split once; then a batch is a numpy gather
+    arrays = _stack([_select(source[i]) for i in range(size)])
+    read = lambda idx: {k: v[idx] for k, v in arrays.items()}
+  else:
+    read = lambda idx: _stack([_select(source[int(i)]) for i in idx])
+  return Split(data_config.name, split, size, tuple(features['image'].shape),
+               features['label'].num_classes, _fingerprint(b, split), read)
+
+
+def _stack(examples: list[dict]) -> dict:
+  return {k: np.stack([np.asarray(e[k]) for e in examples]) for k in examples[0]}
+
+
+def preprocess(batch: dict, scale: str) -> dict:
+  image = batch['image'].astype(np.float32) / 255.0
+  if scale == 'minus_one_one':
+    image = image * 2.0 - 1.0
+  return {'image': image, 'label': batch['label'].astype(np.int32)}
+
+
+def _per_process(global_batch: int) -> int:
+  n = jax.process_count()
+  if global_batch % n:
+    raise DataError(f'data.batch_size={global_batch} must be divisible by the {n} processes')
+  return global_batch // n
+
+
+def train_dataset(config, split: Split) -> grain.IterDataset:
+  """Infinite, reshuffled-every-epoch stream of this process's training batches."""
+  local = _per_process(config.data.batch_size)
+  ds = (grain.MapDataset.range(split.size)
+        .shuffle(seed=config.seed)
+        .repeat()
+        [jax.process_index()::jax.process_count()]
+        .batch(local, drop_remainder=True)
+        .map(lambda idx: preprocess(split.read(np.asarray(idx)), config.data.scale)))
+  return ds.to_iter_dataset(grain.ReadOptions(num_threads=config.data.read_threads,
+                                              prefetch_buffer_size=8))
+
+
+def eval_batches(config, split: Split):
+  """This process's rows of every eval batch, in file order, the last padded.
+
+  Each batch carries `mask` (1 real, 0 padding) so that sums stay exact."""
+  global_batch = config.data.eval_batch_size
+  local = _per_process(global_batch)
+  p = jax.process_index()
+  for start in range(0, split.size, global_batch):
+    idx = np.arange(start, start + global_batch)[p * local:(p + 1) * local]
+    mask = idx < split.size
+    batch = preprocess(split.read(np.where(mask, idx, 0)), config.data.scale)
+    batch['mask'] = mask.astype(np.float32)
+    yield batch

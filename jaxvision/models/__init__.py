@@ -1,0 +1,32 @@
+"""Model registry: `config.model.name` picks the class, the other `config.model`
+keys are its constructor fields. Models are plain Flax modules that take
+`(x, *, train)` and know nothing of losses or optimizers."""
+import dataclasses
+
+import flax.linen as nn
+
+from jaxvision.models import cnn
+
+MODELS: dict[str, type[nn.Module]] = {
+    'cnn': cnn.CNN,
+}
+
+
+def _fields(cls) -> list[str]:
+  return [f.name for f in dataclasses.fields(cls) if f.init and f.name not in ('parent', 'name')]
+
+
+def check_kwargs(model_config) -> None:
+  from jaxvision.config import ConfigError
+  cls = MODELS[model_config.name]
+  allowed = _fields(cls)
+  for key in model_config:
+    if key != 'name' and key not in allowed:
+      raise ConfigError(f'model.{key} is not a field of model {model_config.name!r}; '
+                        f'its fields are: {", ".join(allowed)}')
+
+
+def get(model_config) -> nn.Module:
+  kwargs = {k: v for k, v in model_config.to_dict().items() if k != 'name'}
+  kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+  return MODELS[model_config.name](**kwargs)

@@ -1,0 +1,280 @@
+"""The one loop: `train_and_evaluate(config, workdir)` and `evaluate(config, workdir)`.
+
+Restore-or-init, then jitted steps with the batch sharded over the mesh and
+the state donated; log every `train.log_every`, evaluate every
+`train.eval_every` and at the end, checkpoint every `train.ckpt_every`, at
+the end and on SIGTERM. The loop knows nothing about which task or model it
+runs: it calls `task.init/train_step/eval_step` from the task registry.
+"""
+import dataclasses
+import hashlib
+import importlib.metadata
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tqdm
+
+from jaxvision import checkpoint, parallel, tasks, writers
+from jaxvision import config as config_lib
+from jaxvision.data import pipeline
+
+# Keys that may change between a run and its resumption without changing the result.
+RESUMABLE_KEYS = ('allow_config_change', 'train.progress', 'data.read_threads', 'data.tfds_dir',
+                  'train.log_every', 'train.eval_every')
+PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'tensorflow-datasets', 'grain',
+            'chex', 'ml-collections', 'numpy')
+
+
+class Preempted(Exception):
+  """Raised after SIGTERM once the checkpoint of the current step is saved."""
+
+
+class WorkdirError(ValueError):
+  """The workdir holds something this run must not touch; one line with the fix."""
+
+
+@dataclasses.dataclass
+class Experiment:
+  config: ml_collections.ConfigDict
+  workdir: str
+  mesh: jax.sharding.Mesh
+  task: object
+  train_split: pipeline.Split
+  eval_split: pipeline.Split
+  state: object
+  train_step: object
+  eval_step: object
+  batch_sharding: object
+
+
+def _flat(config) -> dict:
+  out = {}
+  def walk(d, prefix):
+    for k, v in d.items():
+      if isinstance(v, dict):
+        walk(v, f'{prefix}{k}.')
+      else:
+        out[f'{prefix}{k}'] = v
+  walk(config.to_dict() if hasattr(config, 'to_dict') else config, '')
+  return out
+
+
+def check_workdir_config(config, workdir: str) -> None:
+  """Refuses to resume a workdir written by a different config."""
+  info = writers.read_json(os.path.join(workdir, 'run.json'))
+  if info is None or config.allow_config_change:
+    return
+  old, new = _flat(info['config']), _flat(json.loads(json.dumps(config.to_dict(), default=str)))
+  differ = sorted(k for k in set(old) | set(new)
+                  if k not in RESUMABLE_KEYS and old.get(k, '<unset>') != new.get(k, '<unset>'))
+  if differ:
+    shown = ', '.join(f'{k}: {old.get(k, "<unset>")!r} -> {new.get(k, "<unset>")!r}' for k in differ[:6])
+    raise WorkdirError(f'{workdir} holds a run of another config ({shown}); use a new --workdir '
+                       f'or pass --config.allow_config_change=True')
+
+
+def _git_commit() -> str | None:
+  here = os.path.dirname(os.path.abspath(__file__))
+  try:
+    out = subprocess.run(['git', '-C', here, 'rev-parse', 'HEAD'], capture_output=True, text=True,
+                         timeout=10, check=True).stdout.strip()
+    dirty = subprocess.run(['git', '-C', here, 'status', '--porcelain', '--untracked-files=no'],
+                           capture_output=True, text=True, timeout=10).stdout.strip()
+    return out + ('-dirty' if dirty else '')
+  except (OSError, subprocess.SubprocessError):
+    return None
+
+
+def _versions() -> dict:
+  out = {'python': sys.version.split()[0]}
+  for p in PACKAGES:
+    try:
+      out[p] = importlib.metadata.version(p)
+    except importlib.metadata.PackageNotFoundError:
+      pass
+  return out
+
+
+def params_sha256(params) -> str:
+  """Bitwise fingerprint of a params PyTree (names, dtypes, shapes and bytes)."""
+  h = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(params))[0]:
+    leaf = np.asarray(leaf)
+    h.update(f'{jax.tree_util.keystr(path)}:{leaf.dtype}:{leaf.shape};'.encode())
+    h.update(np.ascontiguousarray(leaf).tobytes())
+  return h.hexdigest()
+
+
+def setup(config, workdir: str) -> Experiment:
+  """Everything before the first step; every check that can fail runs here, before compute."""
+  config_lib.validate(config)
+  check_workdir_config(config, workdir)
+  mesh = parallel.make_mesh(config.mesh)
+  shards = parallel.batch_size_per_shard(mesh)
+  for key in ('batch_size', 'eval_batch_size'):
+    size = config.data[key]
+    if size % shards:
+      raise config_lib.ConfigError(f'data.{key}={size} must be divisible by the {shards} batch shards '
+                                   f'of the mesh; pick a multiple of {shards}')
+  task = tasks.get(config.task)
+  train_split = pipeline.load_split(config.data, config.data.train_split)
+  eval_split = pipeline.load_split(config.data, config.data.eval_split)
+
+  sample = {'image': jnp.zeros((1, *train_split.image_shape), jnp.float32),
+            'label': jnp.zeros((1,), jnp.int32)}
+  init = lambda rng: task.init(config, rng, sample)
+  rng = jax.random.PRNGKey(config.seed)
+  try:
+    abstract = jax.eval_shape(init, rng)
+  except Exception as e:  # shape errors from the model, before any compute
+    first = (str(e).strip().splitlines() or [''])[0]
+    raise config_lib.ConfigError(
+        f'model {config.model.name!r} cannot take {config.data.name} images of shape '
+        f'{train_split.image_shape}: {type(e).__name__}: {first[:300]}') from e
+  state_sharding = parallel.state_sharding(mesh, abstract)
+  batch_sharding = parallel.batch_sharding(mesh)
+  replicated = parallel.replicated(mesh)
+  state = jax.jit(init, out_shardings=state_sharding)(rng)
+  train_step = jax.jit(task.train_step, in_shardings=(state_sharding, batch_sharding),
+                       out_shardings=(state_sharding, replicated), donate_argnums=0)
+  eval_step = jax.jit(task.eval_step, in_shardings=(state_sharding, batch_sharding),
+                      out_shardings=replicated)
+  return Experiment(config, workdir, mesh, task, train_split, eval_split, state, train_step,
+                    eval_step, batch_sharding)
+
+
+def run_eval(exp: Experiment, state) -> dict:
+  sums = None
+  for batch in pipeline.eval_batches(exp.config, exp.eval_split):
+    out = exp.eval_step(state, parallel.to_global(batch, exp.batch_sharding))
+    sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+  sums = jax.device_get(sums)
+  count = sums.pop('count')
+  return {f'eval/{k}': float(v) / float(count) for k, v in sums.items()}
+
+
+def _run_info(exp: Experiment) -> dict:
+  return {'config': exp.config.to_dict(), 'git_commit': _git_commit(), 'versions': _versions(),
+          'devices': {'count': jax.device_count(), 'processes': jax.process_count(),
+                      'platform': jax.devices()[0].platform, 'kind': jax.devices()[0].device_kind,
+                      'mesh': dict(exp.mesh.shape)},
+          'data': {'train': exp.train_split.fingerprint, 'eval': exp.eval_split.fingerprint}}
+
+
+class _SigtermFlag:
+  """Turns SIGTERM into a flag the loop checks between steps."""
+
+  def __init__(self):
+    self.raised = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: no preemption handling
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.raised = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains (resuming from the workdir's latest checkpoint) and returns the final eval metrics."""
+  exp = setup(config, workdir)
+  is_main = jax.process_index() == 0
+  cfg = exp.config.train
+  data_iter = iter(pipeline.train_dataset(exp.config, exp.train_split))
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), cfg.keep_ckpts)
+  start, state = ckpt.restore(exp.state, data_iter)
+  start = start or 0
+  run_json = os.path.join(workdir, 'run.json')
+  if is_main:
+    os.makedirs(workdir, exist_ok=True)
+    writers.truncate_metrics(workdir, start)
+    writers.write_json(run_json, {**_run_info(exp), 'resumed_from_step': start})
+  writer = writers.MetricWriter(workdir, enabled=is_main)
+  if start and is_main:
+    print(f'resuming {workdir} from step {start}', file=sys.stderr)
+
+  batch_images = exp.config.data.batch_size
+  history, metrics, final = [], {}, {}
+  bar = tqdm.tqdm(total=cfg.steps, initial=start, disable=not (cfg.progress and is_main),
+                  dynamic_ncols=True, mininterval=1.0, desc='train')
+  t_last, step_last = None, start
+  try:
+    with _SigtermFlag() as sigterm:
+      for step in range(start + 1, cfg.steps + 1):
+        batch = parallel.to_global(next(data_iter), exp.batch_sharding)
+        state, metrics = exp.train_step(state, batch)
+        history.append(metrics)
+        if t_last is None:  # first step: compilation
+          jax.block_until_ready(metrics)
+          t_last, step_last = time.perf_counter(), step
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+          scalars = {f'train/{k}': float(v) for k, v in
+                     jax.tree.map(lambda *x: np.mean(x), *jax.device_get(history)).items()}
+          now = time.perf_counter()
+          if step > step_last:
+            scalars['perf/images_per_sec'] = (step - step_last) * batch_images / (now - t_last)
+          t_last, step_last, history = now, step, []
+          writer.write(step, scalars)
+          bar.set_postfix(loss=f'{scalars["train/loss"]:.4f}',
+                          ips=f'{scalars.get("perf/images_per_sec", 0):.0f}')
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+          final = run_eval(exp, state)
+          writer.write(step, final)
+          bar.write(f'step {step}: ' + ', '.join(f'{k}={v:.4f}' for k, v in final.items()))
+          t_last = time.perf_counter()  # eval time is not training throughput
+        if step % cfg.ckpt_every == 0 or step == cfg.steps or sigterm.raised:
+          ckpt.save(step, state, data_iter)
+        if sigterm.raised and step < cfg.steps:
+          ckpt.wait()
+          raise Preempted(f'SIGTERM at step {step}: checkpoint saved in {workdir}; '
+                          f'run the same command again to resume')
+    ckpt.wait()
+  finally:
+    bar.close()
+    writer.close()
+    ckpt.close()
+
+  if start >= cfg.steps:  # nothing left to train: report the restored state
+    final = run_eval(exp, state)
+  if is_main:
+    writers.write_json(run_json, {**writers.read_json(run_json),
+                                  'final_step': int(jax.device_get(state.step)),
+                                  'final_params_sha256': params_sha256(state.params),
+                                  'final_metrics': final})
+  return final
+
+
+def evaluate(config, workdir: str) -> dict:
+  """Evaluates the latest checkpoint of `workdir`; prints and records the metrics."""
+  exp = setup(config, workdir)
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), exp.config.train.keep_ckpts)
+  try:
+    step, state = ckpt.restore(exp.state)
+  finally:
+    ckpt.close()
+  if step is None:
+    raise WorkdirError(f'no checkpoint in {workdir}/checkpoints; train first with --mode train')
+  metrics = run_eval(exp, state)
+  if jax.process_index() == 0:
+    writer = writers.MetricWriter(workdir)
+    writer.write(step, metrics)
+    writer.close()
+  return {'step': step, **metrics}

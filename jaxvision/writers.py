@@ -1,0 +1,70 @@
+"""Where a run writes: metrics.jsonl, TensorBoard event files, run.json.
+
+Only process 0 writes; the others get a writer that does nothing.
+"""
+import json
+import os
+
+import numpy as np
+
+
+class MetricWriter:
+  """Scalars to WORKDIR/metrics.jsonl (one JSON object per event) and TensorBoard."""
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.enabled = enabled
+    self._jsonl = None
+    self._tb = None
+    if enabled:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      os.makedirs(workdir, exist_ok=True)
+      self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a', encoding='utf-8')
+      self._tb = SummaryWriter(logdir=workdir, flush_secs=30)
+
+  def write(self, step: int, scalars: dict) -> None:
+    if not self.enabled:
+      return
+    scalars = {k: float(v) for k, v in scalars.items()}
+    self._jsonl.write(json.dumps({'step': int(step), **scalars}) + '\n')
+    self._jsonl.flush()
+    for k, v in scalars.items():
+      self._tb.add_scalar(k, v, global_step=int(step))
+
+  def write_images(self, step: int, images: dict) -> None:
+    """images: name -> uint8[H, W, C] grid."""
+    if self.enabled:
+      for k, v in images.items():
+        self._tb.add_image(k, np.asarray(v), global_step=int(step), dataformats='HWC')
+
+  def close(self) -> None:
+    if self.enabled:
+      self._jsonl.close()
+      self._tb.close()
+
+
+def truncate_metrics(workdir: str, after_step: int) -> None:
+  """Drops metrics.jsonl events past `after_step` (written by an interrupted run
+  after its last checkpoint), so a resumed run's file reads as one run."""
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return
+  with open(path, encoding='utf-8') as f:
+    lines = [l for l in f if l.strip() and json.loads(l)['step'] <= after_step]
+  tmp = path + '.tmp'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    f.writelines(lines)
+  os.replace(tmp, path)
+
+
+def read_json(path: str) -> dict | None:
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding='utf-8') as f:
+    return json.load(f)
+
+
+def write_json(path: str, obj: dict) -> None:
+  tmp = path + '.tmp'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    json.dump(obj, f, indent=2, sort_keys=True, default=str)
+  os.replace(tmp, path)

@@ -1,0 +1,39 @@
+"""Tests run on 8 forced CPU devices; this must happen before jax is imported."""
+import os
+
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                           ' --xla_force_host_platform_device_count=8').strip()
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+import jax  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+import pytest  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='session')
+def tfds_dir(tmp_path_factory):
+  """One prepared mnist10k for the whole session (preparing takes ~1 s)."""
+  return str(tmp_path_factory.mktemp('tfds'))
+
+
+def load_config(name: str, preset: str = 'smoke', tfds_dir: str = '', **overrides):
+  """configs/<name>.py:<preset> with dotted overrides (`optim__lr=0.1` is optim.lr)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(f'configs_{name}', os.path.join(ROOT, 'configs', f'{name}.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(preset)
+  config.data.tfds_dir = tfds_dir
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split('__')
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+@pytest.fixture
+def make_config(tfds_dir):
+  return lambda name, preset='smoke', **kw: load_config(name, preset, tfds_dir, **kw)

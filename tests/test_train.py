@@ -1,0 +1,143 @@
+"""The loop end to end: workdir contract, checkpoints, exact resume, eval mode."""
+import json
+import os
+import signal
+
+import chex
+import jax
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing import event_accumulator
+
+from jaxvision import checkpoint, train, writers
+
+
+def _read_jsonl(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl'), encoding='utf-8') as f:
+    return [json.loads(l) for l in f]
+
+
+@pytest.fixture(scope='module')
+def finished_run(tmp_path_factory, tfds_dir):
+  """One uninterrupted smoke run, shared by the tests that only read it."""
+  from conftest import load_config  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path_factory.mktemp('run'))
+  config = load_config('cnn', 'smoke', tfds_dir)
+  final = train.train_and_evaluate(config, workdir)
+  return config, workdir, final
+
+
+def test_workdir_contract(finished_run):
+  config, workdir, final = finished_run
+  info = writers.read_json(os.path.join(workdir, 'run.json'))
+  assert info['config']['model']['name'] == 'cnn'
+  assert info['devices']['count'] == 8 and info['devices']['mesh']['data'] == 8
+  assert info['data']['train'].startswith('mnist10k/1.0.0/train/n=8000')
+  assert len(info['final_params_sha256']) == 64 and info['final_step'] == config.train.steps
+  assert {'jax', 'flax', 'optax', 'orbax-checkpoint'} <= set(info['versions'])
+  events = _read_jsonl(workdir)
+  train_steps = [e['step'] for e in events if 'train/loss' in e]
+  assert train_steps == list(range(config.train.log_every, config.train.steps + 1, config.train.log_every))
+  evals = [e for e in events if 'eval/accuracy' in e]
+  assert [e['step'] for e in evals] == [3, 6]
+  assert evals[-1]['eval/accuracy'] == pytest.approx(final['eval/accuracy'])
+  assert 0.0 <= final['eval/accuracy'] <= 1.0 and np.isfinite(final['eval/loss'])
+  assert all('perf/images_per_sec' in e for e in events if 'train/loss' in e and e['step'] > 2)
+  steps = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), 3).all_steps()
+  assert steps == [3, 6]
+
+
+def test_tensorboard_holds_the_scalars(finished_run):
+  _, workdir, final = finished_run
+  acc = event_accumulator.EventAccumulator(workdir)
+  acc.Reload()
+  tags = acc.Tags()['scalars']
+  assert {'train/loss', 'train/accuracy', 'eval/loss', 'eval/accuracy'} <= set(tags)
+  last = acc.Scalars('eval/accuracy')[-1]
+  assert last.step == 6 and last.value == pytest.approx(final['eval/accuracy'], abs=1e-6)
+
+
+def test_eval_mode_reports_the_latest_checkpoint(finished_run):
+  config, workdir, final = finished_run
+  metrics = train.evaluate(config, workdir)
+  assert metrics['step'] == 6
+  assert metrics['eval/accuracy'] == pytest.approx(final['eval/accuracy'], abs=1e-6)
+
+
+def test_checkpoint_round_trip_is_exact(finished_run, tmp_path):
+  config, workdir, _ = finished_run
+  exp = train.setup(config, workdir)
+  _, restored = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), 3).restore(exp.state)
+  ckpt = checkpoint.Checkpointer(str(tmp_path / 'ckpt'), 2)
+  ckpt.save(6, restored)
+  ckpt.wait()
+  step, again = ckpt.restore(exp.state)
+  assert step == 6
+  chex.assert_trees_all_equal(jax.device_get(again), jax.device_get(restored))
+  assert train.params_sha256(again.params) == writers.read_json(
+      os.path.join(workdir, 'run.json'))['final_params_sha256']
+
+
+def test_sigterm_then_resume_equals_the_uninterrupted_run(finished_run, tmp_path, monkeypatch):
+  config, workdir, final = finished_run
+  resumed = str(tmp_path / 'resumed')
+  write = writers.MetricWriter.write
+
+  def write_then_sigterm(self, step, scalars):  # a real SIGTERM, delivered at step 4
+    write(self, step, scalars)
+    if step == 4:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  monkeypatch.setattr(writers.MetricWriter, 'write', write_then_sigterm)
+  with pytest.raises(train.Preempted, match='SIGTERM at step 4'):
+    train.train_and_evaluate(config, resumed)
+  monkeypatch.setattr(writers.MetricWriter, 'write', write)
+  assert checkpoint.Checkpointer(os.path.join(resumed, 'checkpoints'), 3).all_steps() == [3, 4]
+  again = train.train_and_evaluate(config, resumed)
+  info = writers.read_json(os.path.join(resumed, 'run.json'))
+  assert info['resumed_from_step'] == 4
+  assert info['final_params_sha256'] == writers.read_json(
+      os.path.join(workdir, 'run.json'))['final_params_sha256']
+  assert again == final
+  # the events logged after the last checkpoint by the killed run were dropped on resume
+  assert [e['step'] for e in _read_jsonl(resumed)] == [2, 3, 4, 6, 6]
+
+
+def test_resume_restores_the_data_position(finished_run, tmp_path):
+  """After a restore, the next batch is the one the uninterrupted run saw next."""
+  config, workdir, _ = finished_run
+  from jaxvision.data import pipeline  # pylint: disable=g-import-not-at-top
+  exp = train.setup(config, workdir)
+  it = iter(pipeline.train_dataset(config, exp.train_split))
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), 3)
+  step, _ = ckpt.restore(exp.state, it, step=3)
+  fresh = iter(pipeline.train_dataset(config, exp.train_split))
+  expected = [next(fresh) for _ in range(step + 1)][-1]
+  np.testing.assert_array_equal(next(it)['image'], expected['image'])
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous(finished_run, tmp_path, capfd):
+  import shutil  # pylint: disable=g-import-not-at-top
+  config, workdir, _ = finished_run
+  copy = str(tmp_path / 'copy')
+  shutil.copytree(workdir, copy)
+  data_files = []
+  for root, _, files in os.walk(os.path.join(copy, 'checkpoints', '6', 'state')):
+    data_files += [os.path.join(root, f) for f in files if os.sep + 'd' + os.sep in os.path.join(root, f)]
+  assert data_files
+  for f in data_files:
+    with open(f, 'r+b') as fh:
+      fh.truncate(8)
+  exp = train.setup(config, copy)
+  step, _ = checkpoint.Checkpointer(os.path.join(copy, 'checkpoints'), 3).restore(exp.state)
+  assert step == 3
+  assert sorted(os.listdir(os.path.join(copy, 'checkpoints'))) == sorted(
+      os.listdir(os.path.join(workdir, 'checkpoints')))  # nothing deleted
+
+
+def test_another_config_in_the_workdir_is_refused(finished_run):
+  config, workdir, _ = finished_run
+  other = config.copy_and_resolve_references()
+  other.optim.lr = 0.5
+  with pytest.raises(train.WorkdirError, match=r'optim.lr: 0.003 -> 0.5.*allow_config_change'):
+    train.train_and_evaluate(other, workdir)
