@@ -44,6 +44,8 @@ def base() -> ml_collections.ConfigDict:
 
   c.loss = ml_collections.ConfigDict()
   c.loss.label_smoothing = 0.0
+  c.loss.beta = 1.0  # vae: weight of the KL term
+  c.loss.kl_warmup_steps = 0  # vae: KL weight ramps from 0 to beta over these steps
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = 'adamw'
@@ -63,6 +65,10 @@ def base() -> ml_collections.ConfigDict:
   c.train.ckpt_every = 500
   c.train.keep_ckpts = 3
   c.train.progress = True
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.iwae_k = 0  # vae: importance samples of eval/nll_iwae at the final eval; 0 = off
+  c.eval.iwae_chunk = 50  # samples per image decoded at once; must divide eval.iwae_k
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # -1: all devices not used by the other axes
@@ -104,6 +110,15 @@ def validate(config) -> None:
     raise ConfigError(f'optim.warmup_frac={config.optim.warmup_frac} must be in [0, 1)')
   if not isinstance(config.data.name, str) or not config.data.name:
     raise ConfigError('data.name must be a TFDS dataset name, e.g. data.name=mnist10k')
+  if config.eval.iwae_k < 0 or config.eval.iwae_chunk <= 0:
+    raise ConfigError(f'eval.iwae_k={config.eval.iwae_k} must be >= 0 and '
+                      f'eval.iwae_chunk={config.eval.iwae_chunk} > 0')
+  if config.eval.iwae_k % config.eval.iwae_chunk:
+    raise ConfigError(f'eval.iwae_chunk={config.eval.iwae_chunk} must divide '
+                      f'eval.iwae_k={config.eval.iwae_k}')
+  task_validate = getattr(tasks.get(config.task), 'validate', None)
+  if task_validate is not None:
+    task_validate(config)
   for axis in ('data', 'fsdp', 'model'):
     size = config.mesh[axis]
     if size == 0 or size < -1:

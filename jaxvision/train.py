@@ -4,7 +4,11 @@ Restore-or-init, then jitted steps with the batch sharded over the mesh and
 the state donated; log every `train.log_every`, evaluate every
 `train.eval_every` and at the end, checkpoint every `train.ckpt_every`, at
 the end and on SIGTERM. The loop knows nothing about which task or model it
-runs: it calls `task.init/train_step/eval_step` from the task registry.
+runs: it calls `task.init/train_step/eval_step` from the task registry, and
+two optional hooks when the task has them: `task.final_eval_step` replaces
+`eval_step` at the last step and in eval mode (expensive metrics, e.g. IWAE),
+and `task.sample_images(state, config, first_eval_batch)` returns uint8 grids
+that every eval writes to WORKDIR/samples/<name>_step_<N>.png and TensorBoard.
 """
 import dataclasses
 import hashlib
@@ -53,6 +57,7 @@ class Experiment:
   train_step: object
   eval_step: object
   batch_sharding: object
+  final_eval_step: object  # eval_step, or the task's final_eval_step
 
 
 def _flat(config) -> dict:
@@ -147,18 +152,34 @@ def setup(config, workdir: str) -> Experiment:
                        out_shardings=(state_sharding, replicated), donate_argnums=0)
   eval_step = jax.jit(task.eval_step, in_shardings=(state_sharding, batch_sharding),
                       out_shardings=replicated)
+  final_eval_step = eval_step
+  if hasattr(task, 'final_eval_step'):
+    final_eval_step = jax.jit(task.final_eval_step, in_shardings=(state_sharding, batch_sharding),
+                              out_shardings=replicated)
   return Experiment(config, workdir, mesh, task, train_split, eval_split, state, train_step,
-                    eval_step, batch_sharding)
+                    eval_step, batch_sharding, final_eval_step)
 
 
-def run_eval(exp: Experiment, state) -> dict:
+def run_eval(exp: Experiment, state, final: bool = False) -> dict:
+  step_fn = exp.final_eval_step if final else exp.eval_step
   sums = None
   for batch in pipeline.eval_batches(exp.config, exp.eval_split):
-    out = exp.eval_step(state, parallel.to_global(batch, exp.batch_sharding))
+    out = step_fn(state, parallel.to_global(batch, exp.batch_sharding))
     sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
   sums = jax.device_get(sums)
   count = sums.pop('count')
   return {f'eval/{k}': float(v) / float(count) for k, v in sums.items()}
+
+
+def write_samples(exp: Experiment, state, step: int, writer) -> None:
+  """The task's image grids (if it makes any) as PNGs in WORKDIR/samples and to TensorBoard."""
+  if not hasattr(exp.task, 'sample_images'):
+    return
+  first = next(iter(pipeline.eval_batches(exp.config, exp.eval_split)))
+  images = jax.device_get(exp.task.sample_images(state, exp.config, first))
+  if jax.process_index() == 0:
+    writers.write_pngs(os.path.join(exp.workdir, 'samples'), step, images)
+    writer.write_images(step, images)
 
 
 def _run_info(exp: Experiment) -> dict:
@@ -236,8 +257,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
           bar.set_postfix(loss=f'{scalars["train/loss"]:.4f}',
                           ips=f'{scalars.get("perf/images_per_sec", 0):.0f}')
         if step % cfg.eval_every == 0 or step == cfg.steps:
-          final = run_eval(exp, state)
+          final = run_eval(exp, state, final=step == cfg.steps)
           writer.write(step, final)
+          write_samples(exp, state, step, writer)
           bar.write(f'step {step}: ' + ', '.join(f'{k}={v:.4f}' for k, v in final.items()))
           t_last = time.perf_counter()  # eval time is not training throughput
         if step % cfg.ckpt_every == 0 or step == cfg.steps or sigterm.raised:
@@ -253,7 +275,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     ckpt.close()
 
   if start >= cfg.steps:  # nothing left to train: report the restored state
-    final = run_eval(exp, state)
+    final = run_eval(exp, state, final=True)
   if is_main:
     writers.write_json(run_json, {**writers.read_json(run_json),
                                   'final_step': int(jax.device_get(state.step)),
@@ -272,7 +294,7 @@ def evaluate(config, workdir: str) -> dict:
     ckpt.close()
   if step is None:
     raise WorkdirError(f'no checkpoint in {workdir}/checkpoints; train first with --mode train')
-  metrics = run_eval(exp, state)
+  metrics = run_eval(exp, state, final=True)
   if jax.process_index() == 0:
     writer = writers.MetricWriter(workdir)
     writer.write(step, metrics)

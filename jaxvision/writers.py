@@ -1,4 +1,4 @@
-"""Where a run writes: metrics.jsonl, TensorBoard event files, run.json.
+"""Where a run writes: metrics.jsonl, TensorBoard event files, run.json, PNG grids.
 
 Only process 0 writes; the others get a writer that does nothing.
 """
@@ -54,6 +54,18 @@ def truncate_metrics(workdir: str, after_step: int) -> None:
   with open(tmp, 'w', encoding='utf-8') as f:
     f.writelines(lines)
   os.replace(tmp, path)
+
+
+def write_pngs(directory: str, step: int, images: dict) -> None:
+  """images: name -> uint8[H, W, C] grid, written as DIRECTORY/<name>_step_<step>.png."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  os.makedirs(directory, exist_ok=True)
+  for name, grid in images.items():
+    grid = np.asarray(grid)
+    if grid.dtype != np.uint8 or grid.ndim != 3 or grid.shape[-1] not in (1, 3):
+      raise ValueError(f'image grid {name!r} must be uint8 [H, W, 1 or 3], got {grid.dtype} {grid.shape}')
+    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(
+        os.path.join(directory, f'{name}_step_{int(step)}.png'))
 
 
 def read_json(path: str) -> dict | None:

@@ -5,10 +5,13 @@ import dataclasses
 
 import flax.linen as nn
 
-from jaxvision.models import cnn
+from jaxvision.models import cnn, vae
 
 MODELS: dict[str, type[nn.Module]] = {
     'cnn': cnn.CNN,
+    'vae_mlp': vae.MLPVAE,
+    'vae_conv': vae.ConvVAE,
+    'vae_cond': vae.ConditionalVAE,
 }
 
 

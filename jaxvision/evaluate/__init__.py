@@ -1,0 +1,1 @@
+"""Evaluation helpers that need more than one batch or produce images."""

@@ -1,0 +1,149 @@
+"""Variational autoencoders: plain Flax modules, no losses or optimizers.
+
+Every VAE here has the same interface (the task in `jaxvision/tasks/vae.py`
+relies on it):
+
+    mean, logvar = model.apply(v, x, y, method='encode')   # q(z|x[,y]), f32[B, latents] each
+    logits = model.apply(v, z, y, method='decode')         # f32[B, *image_shape]
+    logits, mean, logvar = model.apply(v, x, y)             # decode(mean): for init
+
+`y` (int labels, i32[B]) is used by the conditional model and must be None for
+the others (class attribute `conditional`). `image_shape` is the shape the
+decoder produces; the task sets it from the data, so configs need not.
+
+* `MLPVAE`: the flax examples/vae model: 784 -> 500 -> 20 (mean, logvar) and
+  20 -> 500 -> 784 logits.
+* `ConvVAE`: stride-2 3x3 convs down to H/4 x W/4, a dense layer to the
+  latents; the decoder mirrors it with sub-pixel transposed convs (a 3x3 conv
+  to 4x the channels at the low resolution, then depth-to-space), which run
+  through `layers.Conv` (im2col is fast on CPU).
+* `ConditionalVAE`: the MLP VAE with the label's one-hot concatenated to the
+  encoder's input and to the latent code.
+"""
+import math
+from typing import ClassVar
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxvision.models import layers
+
+
+def _check_labels(y, n: int, conditional: bool) -> None:
+  if conditional:
+    if y is None:
+      raise ValueError('a conditional VAE needs labels y')
+    chex.assert_shape(y, (n,))
+  elif y is not None:
+    raise ValueError('an unconditional VAE takes no labels')
+
+
+def depth_to_space(x: jax.Array, r: int = 2) -> jax.Array:
+  """(B, H, W, r*r*C) -> (B, r*H, r*W, C)."""
+  b, h, w, c = x.shape
+  x = x.reshape(b, h, w, r, r, c // (r * r)).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, h * r, w * r, c // (r * r))
+
+
+class MLPVAE(nn.Module):
+  latents: int = 20
+  hidden: int = 500
+  image_shape: tuple[int, ...] = (28, 28, 1)
+  conditional: ClassVar[bool] = False
+
+  def setup(self):
+    self.enc_hidden = nn.Dense(self.hidden, name='enc_hidden')
+    self.enc_mean = nn.Dense(self.latents, name='enc_mean')
+    self.enc_logvar = nn.Dense(self.latents, name='enc_logvar')
+    self.dec_hidden = nn.Dense(self.hidden, name='dec_hidden')
+    self.dec_out = nn.Dense(math.prod(self.image_shape), name='dec_out')
+
+  def _with_label(self, h, y):
+    return h
+
+  def encode(self, x, y=None):
+    chex.assert_shape(x, (None, *self.image_shape))
+    _check_labels(y, x.shape[0], self.conditional)
+    h = nn.relu(self.enc_hidden(self._with_label(x.reshape(x.shape[0], -1), y)))
+    mean, logvar = self.enc_mean(h), self.enc_logvar(h)
+    chex.assert_shape([mean, logvar], (x.shape[0], self.latents))
+    return mean, logvar
+
+  def decode(self, z, y=None):
+    chex.assert_shape(z, (None, self.latents))
+    _check_labels(y, z.shape[0], self.conditional)
+    h = nn.relu(self.dec_hidden(self._with_label(z, y)))
+    return self.dec_out(h).reshape(z.shape[0], *self.image_shape)
+
+  def __call__(self, x, y=None):
+    mean, logvar = self.encode(x, y)
+    return self.decode(mean, y), mean, logvar
+
+
+class ConditionalVAE(MLPVAE):
+  num_classes: int = 10
+  conditional: ClassVar[bool] = True
+
+  def _with_label(self, h, y):
+    return jnp.concatenate([h, jax.nn.one_hot(y, self.num_classes, dtype=h.dtype)], axis=-1)
+
+
+class ConvVAE(nn.Module):
+  """Encoder: stride-2 convs `features`, then `hidden` dense (0 = none).
+  Decoder: `hidden` dense, dense to (H/4, W/4, features[-1]), then one sub-pixel
+  upsampling conv per stride-2 encoder conv, the last one to the pixels' logits."""
+  latents: int = 32
+  features: tuple[int, ...] = (32, 64)
+  hidden: int = 0
+  image_shape: tuple[int, ...] = (28, 28, 1)
+  conv_impl: str = 'im2col'
+  conditional: ClassVar[bool] = False
+
+  def setup(self):
+    h, w, c = self.image_shape
+    down = 2 ** len(self.features)
+    if h % down or w % down:
+      raise ValueError(f'ConvVAE with {len(self.features)} stride-2 convs needs image sides '
+                       f'divisible by {down}, got {self.image_shape}')
+    conv = lambda f, s, name: layers.Conv(f, (3, 3), strides=(s, s), padding='SAME',
+                                          impl=self.conv_impl, name=name)
+    self.enc_convs = [conv(f, 2, f'enc_conv{i}') for i, f in enumerate(self.features)]
+    self.enc_hidden = nn.Dense(self.hidden, name='enc_hidden') if self.hidden else None
+    self.enc_mean = nn.Dense(self.latents, name='enc_mean')
+    self.enc_logvar = nn.Dense(self.latents, name='enc_logvar')
+    self.dec_hidden = nn.Dense(self.hidden, name='dec_hidden') if self.hidden else None
+    self.dec_in = nn.Dense((h // down) * (w // down) * self.features[-1], name='dec_in')
+    outs = list(self.features[:-1][::-1]) + [c]
+    self.dec_convs = [conv(4 * f, 1, f'dec_conv{i}') for i, f in enumerate(outs)]
+
+  def encode(self, x, y=None):
+    chex.assert_shape(x, (None, *self.image_shape))
+    _check_labels(y, x.shape[0], False)
+    for conv in self.enc_convs:
+      x = nn.relu(conv(x))
+    x = x.reshape(x.shape[0], -1)
+    if self.enc_hidden is not None:
+      x = nn.relu(self.enc_hidden(x))
+    mean, logvar = self.enc_mean(x), self.enc_logvar(x)
+    chex.assert_shape([mean, logvar], (x.shape[0], self.latents))
+    return mean, logvar
+
+  def decode(self, z, y=None):
+    chex.assert_shape(z, (None, self.latents))
+    _check_labels(y, z.shape[0], False)
+    h, w, _ = self.image_shape
+    down = 2 ** len(self.features)
+    x = nn.relu(self.dec_hidden(z)) if self.dec_hidden is not None else z
+    x = nn.relu(self.dec_in(x)).reshape(z.shape[0], h // down, w // down, self.features[-1])
+    for i, conv in enumerate(self.dec_convs):
+      x = depth_to_space(conv(x))
+      if i < len(self.dec_convs) - 1:
+        x = nn.relu(x)
+    chex.assert_shape(x, (z.shape[0], *self.image_shape))
+    return x
+
+  def __call__(self, x, y=None):
+    mean, logvar = self.encode(x, y)
+    return self.decode(mean, y), mean, logvar

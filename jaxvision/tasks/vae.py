@@ -1,0 +1,287 @@
+"""Variational autoencoders on binarised pixels, as pure functions over an explicit state.
+
+    state = init(config, rng, sample_batch)
+    state, metrics = train_step(state, batch)   # batch: image f32[B,H,W,C] in [0,1], label i32[B]
+    sums = eval_step(state, batch)              # neg_elbo, recon, kl (nats) summed + count
+    sums = final_eval_step(state, batch)        # the same, plus nll_iwae when eval.iwae_k > 0
+    images = sample(state, rng, n, labels=None) # Bernoulli means f32[n,H,W,C]
+    grids = sample_images(state, config, eval_batch)  # uint8 grids, written by the loop
+
+Likelihood: Bernoulli logits on binarised pixels. Training binarises
+dynamically, with a key from `fold_in(state.rng, state.step)`. Evaluation
+binarises each test image once and for all: its key is a fixed key folded
+with a hash of the image's bytes, so every eval (and every eval batch size,
+sharding or resume) sees the same binary test set and the same posterior
+samples, and eval numbers are comparable.
+
+loss = recon + beta_t * KL, per image, where recon = -log p(x|z) with one
+reparameterised z ~ q(z|x), KL = KL(q(z|x) || N(0, I)) in closed form and
+beta_t ramps linearly from 0 to `loss.beta` over `loss.kl_warmup_steps`.
+`neg_elbo` is always recon + KL (beta = 1). The IWAE bound
+    nll_iwae = -log (1/k) sum_i p(x, z_i) / q(z_i|x),   z_i ~ q(z|x)
+is computed in `lax.map`-ped chunks of `eval.iwae_chunk` samples per image
+with a logsumexp, so k = 1000 fits in memory.
+"""
+import dataclasses
+import math
+from typing import Any
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from jaxvision import models, optim
+from jaxvision.evaluate import grids
+
+# Salts folded into PRNGKey(config.seed) for keys that must not depend on training.
+_EVAL_SALT = 0x0E7A1
+_SAMPLE_SALT = 0x5A3D1E
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepOptions:
+  beta: float = 1.0
+  kl_warmup_steps: int = 0
+  iwae_k: int = 0
+  iwae_chunk: int = 50
+  seed: int = 0
+  lr: Any = None  # the learning-rate schedule, logged as train/lr
+
+
+@struct.dataclass
+class VAEState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array
+  model: nn.Module = struct.field(pytree_node=False)
+  tx: optax.GradientTransformation = struct.field(pytree_node=False)
+  opts: StepOptions = struct.field(pytree_node=False)
+
+
+def validate(config) -> None:
+  """Task-specific config checks (called by `config.validate`); one-line ConfigError."""
+  from jaxvision.config import ConfigError  # pylint: disable=g-import-not-at-top
+  if config.data.scale != 'zero_one':
+    raise ConfigError(f'task vae binarises pixels and needs data.scale=zero_one, '
+                      f'not {config.data.scale!r}')
+  if not hasattr(models.MODELS[config.model.name], 'conditional'):
+    vaes = sorted(k for k, v in models.MODELS.items() if hasattr(v, 'conditional'))
+    raise ConfigError(f'model.name={config.model.name!r} is not a VAE; use one of: {", ".join(vaes)}')
+  if config.loss.beta < 0 or config.loss.kl_warmup_steps < 0:
+    raise ConfigError(f'loss.beta={config.loss.beta} and loss.kl_warmup_steps='
+                      f'{config.loss.kl_warmup_steps} must be >= 0')
+
+
+def init(config, rng, sample_batch) -> VAEState:
+  model = models.get(config.model).clone(image_shape=tuple(sample_batch['image'].shape[1:]))
+  tx, lr = optim.make(config.optim, config.train.steps)
+  opts = StepOptions(beta=float(config.loss.beta), kl_warmup_steps=int(config.loss.kl_warmup_steps),
+                     iwae_k=int(config.eval.iwae_k), iwae_chunk=int(config.eval.iwae_chunk),
+                     seed=int(config.seed), lr=lr)
+  init_rng, state_rng = jax.random.split(rng)
+  params = model.init(init_rng, sample_batch['image'], _labels(model, sample_batch))['params']
+  return VAEState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                  rng=state_rng, model=model, tx=tx, opts=opts)
+
+
+def _labels(model, batch):
+  return batch['label'] if model.conditional else None
+
+
+def _check_batch(batch) -> None:
+  chex.assert_rank(batch['image'], 4)
+  chex.assert_shape(batch['label'], batch['image'].shape[:1])
+
+
+# ------------------------------------------------------------------ the maths
+
+
+def log_bernoulli(logits, x) -> jax.Array:
+  """log p(x | logits), summed over all but the leading axes that x and logits share."""
+  axes = tuple(range(logits.ndim - 3, logits.ndim))
+  return -jnp.sum(optax.sigmoid_binary_cross_entropy(logits, x), axis=axes)
+
+
+def kl_to_standard_normal(mean, logvar) -> jax.Array:
+  """KL(N(mean, exp(logvar)) || N(0, I)), summed over the last axis."""
+  return 0.5 * jnp.sum(jnp.exp(logvar) + mean ** 2 - 1.0 - logvar, axis=-1)
+
+
+def log_normal(z, mean, logvar) -> jax.Array:
+  """log N(z; mean, exp(logvar)), summed over the last axis."""
+  return -0.5 * jnp.sum(_LOG_2PI + logvar + (z - mean) ** 2 * jnp.exp(-logvar), axis=-1)
+
+
+def _elbo_terms(model, params, x, y, eps):
+  """Per-image recon = -log p(x|z) at z = mean + std * eps, and the analytic KL."""
+  mean, logvar = model.apply({'params': params}, x, y, method='encode')
+  z = mean + jnp.exp(0.5 * logvar) * eps
+  logits = model.apply({'params': params}, z, y, method='decode')
+  return -log_bernoulli(logits, x), kl_to_standard_normal(mean, logvar)
+
+
+def _image_keys(images, seed: int):
+  """One key per image from a fixed key and a hash of the image's 8-bit pixels."""
+  flat = jnp.round(images.reshape(images.shape[0], -1) * 255.0).astype(jnp.uint32)
+  weights = jnp.arange(flat.shape[1], dtype=jnp.uint32) * jnp.uint32(2654435761) + jnp.uint32(1)
+  hashes = jnp.sum(flat * weights, axis=1, dtype=jnp.uint32)
+  base = jax.random.fold_in(jax.random.PRNGKey(seed), _EVAL_SALT)
+  return jax.vmap(lambda h: jax.random.fold_in(base, h))(hashes)
+
+
+def binarize_eval(images, seed: int):
+  """The fixed binarisation of a test image (a function of its pixels and the seed)."""
+  keys = _image_keys(images, seed)
+  return jax.vmap(lambda k, x: jax.random.bernoulli(jax.random.fold_in(k, 0), x))(
+      keys, images).astype(jnp.float32), keys
+
+
+def nll_iwae(model, params, x, y, keys, k: int, chunk: int) -> jax.Array:
+  """Per-image IWAE bound with k samples (keys: one per image), chunk samples at a time."""
+  b = x.shape[0]
+  mean, logvar = model.apply({'params': params}, x, y, method='encode')
+  std = jnp.exp(0.5 * logvar)
+  y_rep = None if y is None else jnp.repeat(y, chunk)
+
+  def log_weights(i):  # [b, chunk]
+    eps = jax.vmap(lambda key: jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, 1), i),
+                                                 (chunk, mean.shape[-1])))(keys)
+    z = mean[:, None] + std[:, None] * eps
+    logits = model.apply({'params': params}, z.reshape(b * chunk, -1), y_rep, method='decode')
+    logits = logits.reshape(b, chunk, *x.shape[1:])
+    log_px = log_bernoulli(logits, jnp.broadcast_to(x[:, None], logits.shape))
+    return log_px + log_normal(z, 0.0, 0.0) - log_normal(z, mean[:, None], logvar[:, None])
+
+  logw = jax.lax.map(log_weights, jnp.arange(k // chunk))  # [k/chunk, b, chunk]
+  logw = jnp.moveaxis(logw, 0, 1).reshape(b, k)
+  return -(jax.nn.logsumexp(logw, axis=1) - math.log(k))
+
+
+# -------------------------------------------------------------- the contract
+
+
+def kl_weight(opts: StepOptions, step) -> jax.Array:
+  if opts.kl_warmup_steps <= 0:
+    return jnp.asarray(opts.beta, jnp.float32)
+  return opts.beta * jnp.minimum(1.0, step.astype(jnp.float32) / opts.kl_warmup_steps)
+
+
+def train_step(state: VAEState, batch) -> tuple[VAEState, dict]:
+  _check_batch(batch)
+  bin_rng, z_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
+  x = jax.random.bernoulli(bin_rng, batch['image']).astype(jnp.float32)
+  y = _labels(state.model, batch)
+  eps = jax.random.normal(z_rng, (x.shape[0], state.model.latents))
+  beta = kl_weight(state.opts, state.step)
+
+  def loss_fn(params):
+    recon, kl = _elbo_terms(state.model, params, x, y, eps)
+    return jnp.mean(recon + beta * kl), (recon, kl)
+
+  (loss, (recon, kl)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+  new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                            opt_state=opt_state)
+  metrics = {'loss': loss, 'neg_elbo': jnp.mean(recon + kl), 'recon': jnp.mean(recon),
+             'kl': jnp.mean(kl), 'beta': beta, 'grad_norm': optax.global_norm(grads),
+             'lr': state.opts.lr(state.step)}
+  return new_state, metrics
+
+
+def _eval(state: VAEState, batch, iwae: bool) -> dict:
+  _check_batch(batch)
+  x, keys = binarize_eval(batch['image'], state.opts.seed)
+  y = _labels(state.model, batch)
+  eps = jax.vmap(lambda key: jax.random.normal(jax.random.fold_in(key, 2), (state.model.latents,)))(keys)
+  recon, kl = _elbo_terms(state.model, state.params, x, y, eps)
+  mask = batch['mask']
+  sums = {'neg_elbo': jnp.sum((recon + kl) * mask), 'recon': jnp.sum(recon * mask),
+          'kl': jnp.sum(kl * mask), 'count': jnp.sum(mask)}
+  if iwae and state.opts.iwae_k:
+    nll = nll_iwae(state.model, state.params, x, y, keys, state.opts.iwae_k, state.opts.iwae_chunk)
+    sums['nll_iwae'] = jnp.sum(nll * mask)
+  return sums
+
+
+def eval_step(state: VAEState, batch) -> dict:
+  """Sums over the batch's real rows of neg_elbo, recon, kl (nats); the loop divides by count."""
+  return _eval(state, batch, iwae=False)
+
+
+def final_eval_step(state: VAEState, batch) -> dict:
+  """eval_step plus the IWAE bound `nll_iwae` (eval.iwae_k samples) when eval.iwae_k > 0."""
+  return _eval(state, batch, iwae=True)
+
+
+def sample(state: VAEState, rng, n: int, labels=None) -> jax.Array:
+  """n images (Bernoulli means in [0, 1]) decoded from z ~ N(0, I)."""
+  if state.model.conditional and labels is None:
+    labels = jnp.arange(n) % state.model.num_classes
+  z = jax.random.normal(rng, (n, state.model.latents))
+  return jax.nn.sigmoid(state.model.apply({'params': state.params}, z, labels, method='decode'))
+
+
+# ------------------------------------------------------------------- grids
+
+_COLS = 8  # images per grid row
+_RECON_ROWS = 4  # pairs of rows: test images, then their reconstructions
+_INTERP_ROWS, _INTERP_STEPS = 8, 10
+
+
+def fixed_latents(config, n: int, latents: int) -> jax.Array:
+  """The grid's latents: a function of config.seed only (not of training), so every
+  eval and every resumed run decodes the same z."""
+  return jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(config.seed), _SAMPLE_SALT),
+                           (n, latents))
+
+
+@jax.jit
+def _decode_probs(state: VAEState, z, y):
+  return jax.nn.sigmoid(state.model.apply({'params': state.params}, z, y, method='decode'))
+
+
+@jax.jit
+def _encode_mean(state: VAEState, x, y):
+  return state.model.apply({'params': state.params}, x, y, method='encode')[0]
+
+
+def sample_images(state: VAEState, config, batch) -> dict:
+  """uint8 grids: 'samples' (fixed latents; for a conditional model one row per class),
+  'reconstructions' (rows of test images, each followed by its reconstruction) and
+  'interpolations' (each row decodes a line between the posterior means of two test images)."""
+  model = state.model
+  num_classes = getattr(model, 'num_classes', 0) if model.conditional else 0
+  rows = num_classes or _COLS
+  z = fixed_latents(config, _COLS, model.latents) if num_classes else fixed_latents(
+      config, rows * _COLS, model.latents)
+  y = None
+  if num_classes:  # row r: class r; column c: the same latent z[c] in every row
+    z = jnp.tile(z, (num_classes, 1))
+    y = jnp.repeat(jnp.arange(num_classes), _COLS)
+  samples = _decode_probs(state, z, y)
+
+  need = max(_RECON_ROWS * _COLS, 2 * _INTERP_ROWS)
+  real, labels = np.asarray(batch['image'])[:need], np.asarray(batch['label'])[:need]
+  if real.shape[0] < need:
+    raise ValueError(f'sample_images needs {need} eval images per process, got {real.shape[0]}; '
+                     f'raise data.eval_batch_size')
+  y_real = jnp.asarray(labels) if model.conditional else None
+  x_bin, _ = binarize_eval(jnp.asarray(real), config.seed)
+  recon = _decode_probs(state, _encode_mean(state, x_bin, y_real), y_real)
+  pairs = np.stack([np.asarray(x_bin).reshape(_RECON_ROWS, _COLS, *real.shape[1:]),
+                    np.asarray(recon).reshape(_RECON_ROWS, _COLS, *real.shape[1:])], axis=1)
+
+  means = np.asarray(_encode_mean(state, x_bin, y_real))
+  z_line = grids.interpolation_latents(means[:_INTERP_ROWS], means[_INTERP_ROWS:2 * _INTERP_ROWS],
+                                       _INTERP_STEPS)
+  y_line = None if y_real is None else jnp.repeat(y_real[:_INTERP_ROWS], _INTERP_STEPS)
+  line = _decode_probs(state, jnp.asarray(z_line), y_line)
+  return {'samples': grids.make_grid(np.asarray(samples), rows),
+          'reconstructions': grids.make_grid(pairs.reshape(-1, *real.shape[1:]), 2 * _RECON_ROWS),
+          'interpolations': grids.make_grid(np.asarray(line), _INTERP_ROWS)}
