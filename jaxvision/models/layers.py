@@ -143,10 +143,6 @@ def _conv_im2col_fwd(x, kernel, strides, pads, chunk):
   return _conv_im2col(x, kernel, strides, pads, chunk), (x, kernel)
 
 
-_DX_MODE = 'col2im'
-_FUSED_BWD = False
-
-
 def _conv_im2col_bwd(strides, pads, chunk, res, g):
   x, kernel = res
   kh, kw, cin, cout = kernel.shape
@@ -161,27 +157,7 @@ def _conv_im2col_bwd(strides, pads, chunk, res, g):
                            preferred_element_type=acc_t)
 
   w2t = kernel.reshape(kh * kw * cin, cout).T
-  if _DX_MODE == 'col2im' or strides != (1, 1):
-    dx_chunk = lambda gc: _col2im(_matmul(gc, w2t), x.shape[1:3], kh, kw, strides, pads)
-  else:
-    wflip = kernel[::-1, ::-1].transpose(0, 1, 3, 2).reshape(kh * kw * cout, cin)
-    (lh, rh), (lw, rw) = pads
-    hp, wp = x.shape[1] + lh + rh, x.shape[2] + lw + rw
-    rh2 = hp - (g.shape[1] - 1) - kh   # rows of xpad not covered by any window
-    rw2 = wp - (g.shape[2] - 1) - kw
-    def dx_chunk(gc):
-      dxp = _matmul(_patches(gc, kh, kw, (1, 1), ((kh - 1, kh - 1 + rh2), (kw - 1, kw - 1 + rw2))), wflip)
-      return lax.pad(dxp, jnp.zeros((), dxp.dtype), ((0, 0, 0), (-lh, -rh, 0), (-lw, -rw, 0), (0, 0, 0)))
-
-  if _FUSED_BWD:
-    def body(i, carry):
-      acc, dxs = carry
-      xc = lax.dynamic_index_in_dim(xs, i, 1, keepdims=False)
-      gc = lax.dynamic_index_in_dim(gs, i, 1, keepdims=False)
-      return acc + dkernel_t(xc, gc), lax.dynamic_update_index_in_dim(dxs, dx_chunk(gc), i, 1)
-    acc, dxs = lax.fori_loop(0, nc, body, (jnp.zeros((cout, kh * kw * cin), acc_t), jnp.zeros((cb, nc) + x.shape[1:], x.dtype)))
-    dk = acc.T.reshape(kernel.shape).astype(kernel.dtype)
-    return _from_chunks(dxs, n), dk
+  dx_chunk = lambda gc: _col2im(_matmul(gc, w2t), x.shape[1:3], kh, kw, strides, pads)
   dk = _chunk_sum(dkernel_t, nc, xs, gs).T.reshape(kernel.shape).astype(kernel.dtype)
   dx = _from_chunks(_chunk_map(dx_chunk, nc, gs), n)
   return dx, dk
