@@ -12,12 +12,12 @@ def get_config(preset: str = ''):
   c.model.name = 'vae_conv'
   c.model.latents = 32
   c.model.features = (32, 64)
-  c.model.hidden = 0
+  c.model.hidden = 512
   c.model.conv_impl = 'im2col'
 
   c.data.name = 'mnist10k'
   c.data.scale = 'zero_one'
-  c.data.batch_size = 128
+  c.data.batch_size = 64
   c.data.eval_batch_size = 500
 
   c.optim.name = 'adam'
@@ -27,10 +27,10 @@ def get_config(preset: str = ''):
   c.eval.iwae_k = 1000
   c.eval.iwae_chunk = 20
 
-  c.train.steps = 6250  # 100 epochs of the 8,000 training images
-  c.train.log_every = 125
-  c.train.eval_every = 1250
-  c.train.ckpt_every = 1250
+  c.train.steps = 18750  # 150 epochs of the 8,000 training images
+  c.train.log_every = 250
+  c.train.eval_every = 3750
+  c.train.ckpt_every = 3750
 
   if preset == 'smoke':
     c.train.steps = 6
@@ -41,6 +41,7 @@ def get_config(preset: str = ''):
     c.data.eval_batch_size = 1000
     c.model.features = (8, 16)
     c.model.latents = 8
+    c.model.hidden = 32
     c.eval.iwae_k = 10
     c.eval.iwae_chunk = 5
   elif preset:

@@ -19,7 +19,7 @@ def get_config(preset: str = ''):
 
   c.data.name = 'mnist10k'
   c.data.scale = 'zero_one'
-  c.data.batch_size = 128
+  c.data.batch_size = 32
   c.data.eval_batch_size = 500
 
   c.optim.name = 'adam'
@@ -29,10 +29,10 @@ def get_config(preset: str = ''):
   c.eval.iwae_k = 1000
   c.eval.iwae_chunk = 50
 
-  c.train.steps = 6250  # 100 epochs of the 8,000 training images
-  c.train.log_every = 125
-  c.train.eval_every = 1250
-  c.train.ckpt_every = 1250
+  c.train.steps = 125000  # 500 epochs of the 8,000 training images
+  c.train.log_every = 1000
+  c.train.eval_every = 25000
+  c.train.ckpt_every = 25000
 
   if preset == 'smoke':
     c.train.steps = 6

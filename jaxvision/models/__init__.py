@@ -1,6 +1,7 @@
 """Model registry: `config.model.name` picks the class, the other `config.model`
-keys are its constructor fields. Models are plain Flax modules that take
-`(x, *, train)` and know nothing of losses or optimizers."""
+keys are its constructor fields. Models are plain Flax modules that know
+nothing of losses or optimizers; classifiers take `(x, *, train)`, VAEs have
+`encode(x, y)` / `decode(z, y)` (see models/vae.py)."""
 import dataclasses
 
 import flax.linen as nn

@@ -93,7 +93,8 @@ class ConditionalVAE(MLPVAE):
 class ConvVAE(nn.Module):
   """Encoder: stride-2 convs `features`, then `hidden` dense (0 = none).
   Decoder: `hidden` dense, dense to (H/4, W/4, features[-1]), then one sub-pixel
-  upsampling conv per stride-2 encoder conv, the last one to the pixels' logits."""
+  upsampling conv per stride-2 encoder conv, the last one to the pixels' logits,
+  plus a learned per-pixel logit bias."""
   latents: int = 32
   features: tuple[int, ...] = (32, 64)
   hidden: int = 0
@@ -117,6 +118,7 @@ class ConvVAE(nn.Module):
     self.dec_in = nn.Dense((h // down) * (w // down) * self.features[-1], name='dec_in')
     outs = list(self.features[:-1][::-1]) + [c]
     self.dec_convs = [conv(4 * f, 1, f'dec_conv{i}') for i, f in enumerate(outs)]
+    self.pixel_bias = self.param('pixel_bias', nn.initializers.zeros_init(), self.image_shape)
 
   def encode(self, x, y=None):
     chex.assert_shape(x, (None, *self.image_shape))
@@ -142,7 +144,7 @@ class ConvVAE(nn.Module):
       if i < len(self.dec_convs) - 1:
         x = nn.relu(x)
     chex.assert_shape(x, (z.shape[0], *self.image_shape))
-    return x
+    return x + self.pixel_bias
 
   def __call__(self, x, y=None):
     mean, logvar = self.encode(x, y)
