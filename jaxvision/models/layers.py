@@ -1,19 +1,30 @@
 """Convolution and pooling layers with a fast CPU path.
 
-XLA's CPU convolution is slow for small CNNs. ``impl='im2col'`` computes a
-convolution as "gather the kh*kw shifted windows into a patch tensor, then do
-one matmul", and does it ``chunk`` images at a time inside a loop so the patch
-tensor stays in cache. The backward pass is a hand-written ``custom_vjp`` that
-is chunked the same way:
+``impl='im2col'`` computes a convolution as "gather the kh*kw shifted windows
+into a patch tensor, then one matmul", ``chunk`` images at a time inside a
+loop so the patch tensor stays in cache. The backward pass is a hand-written
+``custom_vjp`` chunked the same way:
 
 * ``dkernel = sum_chunks patches(x_c)^T @ g_c`` (patches recomputed per chunk,
   accumulated in a loop carry, float32 or wider);
-* ``dx`` = ``col2im(g_c @ kernel^T)``: one matmul back to patch space, then the
-  kh*kw windows are scattered (as strided pads) and summed. This handles any
-  stride without wasted FLOPs.
+* ``dx = col2im(g_c @ kernel^T)``: one matmul back to patch space, then the
+  kh*kw windows are scattered back (as strided pads) and summed. This handles
+  any stride without wasted FLOPs.
 
-Chunks interleave the batch (chunk ``i`` holds images ``i, i+n, i+2n, ...``)
-so that a batch sharded over devices stays device-local inside the loop.
+Convs with few patch features (kh*kw*cin <= 32, e.g. a first layer on
+grayscale/RGB input) compute the forward as a sum of shifted broadcast
+products instead. Chunks interleave the batch (chunk ``i`` holds images
+``i, i+n, i+2n, ...``), so a batch sharded over d devices stays device-local
+inside the loop when ``chunk`` is a multiple of d (otherwise it still works,
+but the partitioner gathers the batch).
+
+Which impl to use on CPU (jax 0.10): XLA:CPU hands 2-D f32 convolutions to
+YNNPACK by default, which is slow here; ``im2col`` avoids that and is
+1.5-2x faster per conv (fwd+bwd). Faster still is ``impl='xla'`` with that rewrite disabled,
+e.g. ``jax.jit(step, compiler_options={'xla_cpu_experimental_ynn_fusion_type':
+'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'})`` or
+``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-individual_convolution``
+(see benchmarks/conv_impls.py).
 
 All layouts are NHWC activations and HWIO kernels, like ``flax.linen.Conv``.
 """
@@ -28,7 +39,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-Padding = Union[str, Sequence[tuple[int, int]]]
+Padding = Union[str, int, Sequence[tuple[int, int]]]
 _DN = ('NHWC', 'HWIO', 'NHWC')
 
 
@@ -39,6 +50,8 @@ def _resolve_padding(padding: Padding, in_hw, k_hw, strides):
   """Returns padding as a hashable ((lo, hi), (lo, hi)) of Python ints."""
   if isinstance(padding, str):
     pads = lax.padtype_to_pads(in_hw, k_hw, strides, padding)
+  elif isinstance(padding, int):
+    pads = ((padding, padding),) * 2
   else:
     pads = padding
   pads = tuple((int(lo), int(hi)) for lo, hi in pads)
@@ -130,9 +143,33 @@ def _chunk_sum(f, nc, *args):
 # ------------------------------------------------------------- im2col conv
 
 
+# Up to this many patch features (kh*kw*cin, e.g. 9 for a 3x3 conv on a
+# grayscale image) the forward skips the patch tensor and sums shifted
+# broadcast products in one elementwise pass; a matmul with so short a
+# contraction is mostly overhead.
+_DIRECT_MAX_K = 32
+
+
+def _conv_direct(x, kernel, strides, pads):
+  kh, kw, cin, _ = kernel.shape
+  acc_t = jnp.promote_types(x.dtype, jnp.float32)
+  p = _patches(x, 1, 1, (1, 1), pads)  # just the padded input
+  (sh, sw) = strides
+  ho, wo = (p.shape[1] - kh) // sh + 1, (p.shape[2] - kw) // sw + 1
+  y = 0
+  for i in range(kh):
+    for j in range(kw):
+      win = p[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
+      for c in range(cin):
+        y = y + win[..., c:c + 1].astype(acc_t) * kernel[i, j, c].astype(acc_t)
+  return y.astype(x.dtype)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _conv_im2col(x, kernel, strides, pads, chunk):
   kh, kw, cin, cout = kernel.shape
+  if kh * kw * cin <= _DIRECT_MAX_K:
+    return _conv_direct(x, kernel, strides, pads)
   w2 = kernel.reshape(kh * kw * cin, cout)
   nc, cb = _num_chunks(x.shape[0], chunk)
   f = lambda xc: _matmul(_patches(xc, kh, kw, strides, pads), w2)
@@ -151,14 +188,22 @@ def _conv_im2col_bwd(strides, pads, chunk, res, g):
   xs, gs = _to_chunks(x, nc, cb), _to_chunks(g.astype(x.dtype), nc, cb)
   acc_t = jnp.promote_types(kernel.dtype, jnp.float32)
 
-  def dkernel_t(xc, gc):  # g^T @ patches -> (cout, K); g (not patches) gets transposed
-    p = _patches(xc, kh, kw, strides, pads)
-    return lax.dot_general(gc, p, (((0, 1, 2), (0, 1, 2)), ((), ())),
-                           preferred_element_type=acc_t)
+  k = kh * kw * cin
+  dims = (((0, 1, 2), (0, 1, 2)), ((), ()))
 
-  w2t = kernel.reshape(kh * kw * cin, cout).T
+  def dkernel(xc, gc):
+    # patches^T @ g, contracting batch and space. XLA transposes the lhs for
+    # the matmul, so make the smaller of the two the lhs.
+    # (Operands are upcast: XLA:CPU has no bf16 x bf16 -> f32 dot.)
+    p = _patches(xc, kh, kw, strides, pads).astype(acc_t)
+    gc = gc.astype(acc_t)
+    if k <= cout:
+      return lax.dot_general(p, gc, dims)
+    return lax.dot_general(gc, p, dims).T
+
+  w2t = kernel.reshape(k, cout).T
   dx_chunk = lambda gc: _col2im(_matmul(gc, w2t), x.shape[1:3], kh, kw, strides, pads)
-  dk = _chunk_sum(dkernel_t, nc, xs, gs).T.reshape(kernel.shape).astype(kernel.dtype)
+  dk = _chunk_sum(dkernel, nc, xs, gs).reshape(kernel.shape).astype(kernel.dtype)
   dx = _from_chunks(_chunk_map(dx_chunk, nc, gs), n)
   return dx, dk
 
@@ -167,7 +212,7 @@ _conv_im2col.defvjp(_conv_im2col_fwd, _conv_im2col_bwd)
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, *, strides: Sequence[int] = (1, 1),
-           padding: Padding = 'SAME', impl: str = 'xla', chunk: int = 16) -> jax.Array:
+           padding: Padding = 'SAME', impl: str = 'xla', chunk: int = 8) -> jax.Array:
   """2-D convolution, NHWC input, HWIO kernel, NHWC output.
 
   Args:
@@ -176,12 +221,14 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, strides: Sequence[int] = (1, 1),
     strides: (sh, sw).
     padding: 'SAME', 'VALID' (or 'SAME_LOWER'), or ((lo, hi), (lo, hi)).
     impl: 'xla' (``lax.conv_general_dilated``) or 'im2col' (chunked patches +
-      matmul with a chunked custom backward; much faster on CPU). 'im2col'
-      supports reverse-mode differentiation only (no ``jax.jvp``).
-    chunk: images per im2col step. The batch is split into near-equal chunks
-      of at most ``chunk`` images (zero-padded if needed).
+      matmul with a chunked custom backward; see the module docstring for
+      when it is faster). 'im2col' supports reverse mode only (no jax.jvp).
+    chunk: images per im2col loop step (4-8 measured best on a 2-core CPU).
+      The batch is split into near-equal chunks of at most ``chunk`` images
+      (zero-padded if needed). With a batch sharded over d devices, use a
+      multiple of d.
   """
-  strides = tuple(int(s) for s in strides)
+  strides = (strides,) * 2 if isinstance(strides, int) else tuple(int(s) for s in strides)
   pads = _resolve_padding(padding, x.shape[1:3], kernel.shape[:2], strides)
   if impl == 'xla':
     return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_DN)
@@ -202,7 +249,7 @@ class Conv(nn.Module):
   padding: Padding = 'SAME'
   use_bias: bool = True
   impl: str = 'xla'
-  chunk: int = 16
+  chunk: int = 8
   dtype: jnp.dtype | None = None
   param_dtype: jnp.dtype = jnp.float32
   kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
@@ -261,10 +308,11 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
 
   Forward is a reshape + max and the backward a single elementwise pass, both
   faster on CPU than ``reduce_window`` / ``select_and_scatter``. Gradients
-  match ``nn.max_pool`` exactly, ties included (first maximum wins). Falls
-  back to ``nn.max_pool`` when height or width is odd.
+  match ``nn.max_pool`` exactly, ties included (first maximum wins). An odd
+  last row/column is dropped, as VALID pooling does.
   """
   chex.assert_rank(x, 4)
-  if x.shape[1] % 2 or x.shape[2] % 2:
-    return nn.max_pool(x, (2, 2), (2, 2))
+  _, h, w, _ = x.shape
+  if h % 2 or w % 2:
+    x = x[:, :h - h % 2, :w - w % 2]
   return _max_pool_2x2(x)
