@@ -1,4 +1,4 @@
-"""jaxvision command line: python run.py --config configs/cnn.py[:preset] [--workdir DIR] [--mode train|eval]
+"""jaxvision command line: python run.py --config configs/cnn.py[:preset] [--workdir DIR] [--mode train|eval|sample|explain]
 
 Overrides: --config.optim.lr=0.01 --config.train.steps=100 ...
 """
@@ -11,7 +11,7 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:preset].',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (default: runs/<config name>).')
-_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval'], 'What to do.')
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'sample', 'explain'], 'What to do.')
 
 
 def _parse(argv):

@@ -3,6 +3,7 @@
   python run.py --config configs/cnn.py            # full offline run on mnist10k
   python run.py --config configs/cnn.py:smoke      # a few steps, for tests
   python run.py --config configs/cnn.py:cifar10    # TFDS cifar10 (needs the prepared dataset)
+  python run.py --config configs/cnn.py:domain     # hidden 64: the feature net of FD/KID
 """
 from jaxvision import config as config_lib
 
@@ -14,6 +15,8 @@ def get_config(preset: str = ''):
   c.model.variant = 'bn_dropout'
   c.model.conv_impl = 'im2col'
   c.model.num_classes = 10
+  c.model.features = (32, 64)
+  c.model.hidden = 128
 
   c.data.name = 'mnist10k'
   c.data.batch_size = 128
@@ -41,6 +44,8 @@ def get_config(preset: str = ''):
     c.data.eval_batch_size = 1000
     c.model.features = (8, 16)
     c.model.hidden = 32
+  elif preset == 'domain':  # the feature network of eval/fd and eval/kid (jaxvision/assets)
+    c.model.hidden = 64
   elif preset == 'cifar10':
     c.data.name = 'cifar10'
     c.data.augment = 'crop_flip'
@@ -50,5 +55,5 @@ def get_config(preset: str = ''):
     c.train.eval_every = 1000
     c.train.ckpt_every = 1000
   elif preset:
-    raise ValueError(f'configs/cnn.py has presets smoke and cifar10, not {preset!r}')
+    raise ValueError(f'configs/cnn.py has presets smoke, domain and cifar10, not {preset!r}')
   return c

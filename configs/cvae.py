@@ -3,47 +3,24 @@
   python run.py --config configs/cvae.py          # full offline run on mnist10k
   python run.py --config configs/cvae.py:smoke    # a few steps, for tests
 
-The samples grid has one row per class (the same latent in every row).
+Everything else is configs/vae.py. The samples grid has one row per class (the
+same latent in every row).
 """
+import os
+
 from jaxvision import config as config_lib
 
 
 def get_config(preset: str = ''):
-  c = config_lib.base()
-  c.task = 'vae'
-  c.model.name = 'vae_cond'
-  c.model.latents = 20
-  c.model.hidden = 500
-  c.model.num_classes = 10
-
-  c.data.name = 'mnist10k'
-  c.data.scale = 'zero_one'
-  c.data.batch_size = 128
-  c.data.eval_batch_size = 500
-
-  c.optim.name = 'adam'
-  c.optim.lr = 1e-3
-  c.optim.schedule = 'cosine'
-
-  c.eval.iwae_k = 1000
-  c.eval.iwae_chunk = 50
-
-  c.train.steps = 6250  # 100 epochs of the 8,000 training images
-  c.train.log_every = 125
-  c.train.eval_every = 1250
-  c.train.ckpt_every = 1250
-
-  if preset == 'smoke':
-    c.train.steps = 6
-    c.train.log_every = 2
-    c.train.eval_every = 3
-    c.train.ckpt_every = 3
-    c.data.batch_size = 32
-    c.data.eval_batch_size = 1000
-    c.model.hidden = 64
-    c.model.latents = 8
-    c.eval.iwae_k = 20
-    c.eval.iwae_chunk = 10
-  elif preset:
+  if preset not in ('', 'smoke'):
     raise ValueError(f'configs/cvae.py has the preset smoke, not {preset!r}')
+  c = config_lib.from_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'vae.py'), preset)
+  c.model.name = 'vae_cond'
+  c.model.num_classes = 10
+  if not preset:
+    c.data.batch_size = 128
+    c.train.steps = 6250  # 100 epochs of the 8,000 training images
+    c.train.log_every = 125
+    c.train.eval_every = 1250
+    c.train.ckpt_every = 1250
   return c

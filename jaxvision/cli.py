@@ -6,6 +6,7 @@ import sys
 from absl import flags, logging
 
 EXIT_BAD_INPUT = 2
+EXIT_DIVERGED = 3  # a NaN/Inf train metric; the last good checkpoint is kept
 EXIT_PREEMPTED = 143  # 128 + SIGTERM, as if the signal had ended the process
 
 
@@ -72,10 +73,18 @@ def run(config, workdir: str, mode: str) -> int:
   try:
     if mode == 'train':
       metrics = train.train_and_evaluate(config, workdir)
+    elif mode == 'sample':
+      metrics = train.sample(config, workdir)
+    elif mode == 'explain':
+      from jaxvision.evaluate import explain  # pylint: disable=g-import-not-at-top
+      metrics = explain.explain(config, workdir)
     else:
       metrics = train.evaluate(config, workdir)
   except one_line as e:
     _fail(str(e))
+  except train.Diverged as e:
+    print(f'error: {e}', file=sys.stderr)
+    return EXIT_DIVERGED
   except train.Preempted as e:
     print(str(e), file=sys.stderr)
     return EXIT_PREEMPTED

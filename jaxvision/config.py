@@ -9,9 +9,9 @@ import ml_collections
 
 OPTIMIZERS = ('adam', 'adamw', 'sgd', 'momentum')
 SCHEDULES = ('constant', 'cosine', 'warmup_cosine', 'onecycle')
-SCALES = ('zero_one', 'minus_one_one')
-AUGMENTS = ('none', 'shift', 'crop_flip')
-MODES = ('train', 'eval')
+SCALES = ('zero_one', 'minus_one_one', 'imagenet')
+AUGMENTS = ('none', 'shift', 'crop_flip', 'inception_crop')
+MODES = ('train', 'eval', 'sample', 'explain')
 
 
 class ConfigError(ValueError):
@@ -24,9 +24,16 @@ def base() -> ml_collections.ConfigDict:
   c.seed = 0
   c.task = 'classification'
   c.allow_config_change = False  # resume a workdir written with another config
+  c.debug_nans = False  # jax_debug_nans: re-run a NaN-producing op un-jitted to name it (slow)
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'cnn'
+
+  c.init_from = ml_collections.ConfigDict()  # transfer learning, see jaxvision/transfer.py
+  c.init_from.path = ''  # a workdir or checkpoint to take parameters from; '' = off
+  c.init_from.include = ('.*',)  # regexes over parameter paths (Conv_0/kernel, ...)
+  c.init_from.exclude = ()  # e.g. ('Dense_1/.*',): keep the head freshly initialised
+  c.freeze = ()  # regexes of parameter paths that are not trained
 
   c.data = ml_collections.ConfigDict()
   c.data.name = 'mnist10k'
@@ -38,9 +45,20 @@ def base() -> ml_collections.ConfigDict:
   c.data.scale = 'zero_one'
   c.data.augment = 'none'
   c.data.shift = 2  # pixels, for augment='shift'; padding, for 'crop_flip'
+  c.data.image_size = 0  # > 0: resize + centre-crop to this size (datasets of mixed sizes)
   c.data.download = False  # let TFDS try to download a dataset that is not prepared
   c.data.cache = True  # hold the split in memory (small datasets)
   c.data.read_threads = 2
+  c.data.classes = ()  # keep only these labels (train and eval); () = all
+  c.data.per_class = 0  # > 0: the first N train examples of each kept class (file order)
+  c.data.max_len = 256  # text datasets: tokens per example
+  c.data.vocab_size = 20000  # text datasets: words of the train split kept (+ pad and unknown)
+  c.data.seq_len = 4  # digit_sequences: digits per sequence
+  c.data.seq_train_count = 40000  # digit_sequences: train sequences (an index table; cheap)
+  c.data.seq_test_count = 2000
+  c.data.synthetic = ml_collections.ConfigDict()
+  c.data.synthetic.path = ''  # .npz of generated, labelled images (--mode sample) for the train split
+  c.data.synthetic.mode = 'add'  # 'add' to the real train split, or use 'only' them (CAS)
 
   c.loss = ml_collections.ConfigDict()
   c.loss.label_smoothing = 0.0
@@ -69,6 +87,21 @@ def base() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.iwae_k = 0  # vae: importance samples of eval/nll_iwae at the final eval; 0 = off
   c.eval.iwae_chunk = 50  # samples per image decoded at once; must divide eval.iwae_k
+  c.eval.fd_samples = 0  # generative tasks: samples for eval/fd and eval/kid at every eval; 0 = off
+
+  c.explain = ml_collections.ConfigDict()
+  c.explain.n = 16  # --mode explain: test images explained
+  c.explain.steps = 512  # integrated-gradients intervals (512: completeness error < 1 % on the CNN)
+
+  c.sample = ml_collections.ConfigDict()
+  c.sample.n = 64  # --mode sample: how many images to write
+
+  c.gan = ml_collections.ConfigDict()
+  c.gan.loss = 'bce'  # 'bce' (minimax D, non-saturating G) or 'hinge'
+  c.gan.d_steps = 1  # discriminator updates per generator update
+  c.gan.ema_decay = 0.999  # of the generator params used for samples and metrics
+  c.gan.g_lr = 0.0  # 0 = optim.lr
+  c.gan.d_lr = 0.0  # 0 = optim.lr
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # -1: all devices not used by the other axes
@@ -110,6 +143,11 @@ def validate(config) -> None:
     raise ConfigError(f'optim.warmup_frac={config.optim.warmup_frac} must be in [0, 1)')
   if not isinstance(config.data.name, str) or not config.data.name:
     raise ConfigError('data.name must be a TFDS dataset name, e.g. data.name=mnist10k')
+  _choice(config, 'data.synthetic.mode', ('add', 'only'))
+  if config.data.synthetic.mode == 'only' and not config.data.synthetic.path:
+    raise ConfigError('data.synthetic.mode=only needs data.synthetic.path (an .npz from --mode sample)')
+  if config.data.augment == 'inception_crop' and config.data.image_size <= 0:
+    raise ConfigError('data.augment=inception_crop needs data.image_size > 0 (e.g. 224)')
   if config.eval.iwae_k < 0 or config.eval.iwae_chunk <= 0:
     raise ConfigError(f'eval.iwae_k={config.eval.iwae_k} must be >= 0 and '
                       f'eval.iwae_chunk={config.eval.iwae_chunk} > 0')
@@ -123,3 +161,23 @@ def validate(config) -> None:
     size = config.mesh[axis]
     if size == 0 or size < -1:
       raise ConfigError(f'mesh.{axis}={size} must be a positive axis size or -1 (all remaining devices)')
+
+
+def smoke(c: ml_collections.ConfigDict, batch_size: int = 32) -> ml_collections.ConfigDict:
+  """The `smoke` preset's loop settings, shared by every config: 6 steps, 2 evals, 2 saves."""
+  c.train.steps = 6
+  c.train.log_every = 2
+  c.train.eval_every = 3
+  c.train.ckpt_every = 3
+  c.data.batch_size = batch_size
+  c.data.eval_batch_size = 1000
+  return c
+
+
+def from_file(path: str, preset: str = '') -> ml_collections.ConfigDict:
+  """`get_config(preset)` of a config file, for configs that derive from another one."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(f'_config_{abs(hash(path))}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(preset)

@@ -1,4 +1,5 @@
 """Optimizers and learning-rate schedules from `config.optim`, all optax."""
+import jax
 import optax
 
 
@@ -16,8 +17,9 @@ def schedule(optim_config, steps: int) -> optax.Schedule:
   raise ValueError(f'optim.schedule={name!r}')
 
 
-def make(optim_config, steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """The optax transformation and its learning-rate schedule."""
+def make(optim_config, steps: int, freeze=()) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """The optax transformation and its learning-rate schedule; parameters whose path matches a
+  regex of `freeze` get zero updates (see jaxvision/transfer.py)."""
   lr = schedule(optim_config, steps)
   c = optim_config
   if c.name == 'adam':
@@ -34,4 +36,10 @@ def make(optim_config, steps: int) -> tuple[optax.GradientTransformation, optax.
     tx = optax.chain(optax.add_decayed_weights(c.weight_decay), tx)
   if c.grad_clip:
     tx = optax.chain(optax.clip_by_global_norm(c.grad_clip), tx)
+  if freeze:
+    from jaxvision import transfer  # pylint: disable=g-import-not-at-top
+    patterns = transfer.compile_patterns(freeze, 'freeze')
+    labels = lambda params: jax.tree.map(lambda f: 'frozen' if f else 'trained',
+                                         transfer.frozen_mask(params, patterns))
+    tx = optax.multi_transform({'trained': tx, 'frozen': optax.set_to_zero()}, labels)
   return tx, lr

@@ -26,19 +26,35 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from jaxvision import checkpoint, parallel, tasks, writers
+from jaxvision import checkpoint, parallel, tasks, transfer, writers
 from jaxvision import config as config_lib
 from jaxvision.data import pipeline
 
 # Keys that may change between a run and its resumption without changing the result.
 RESUMABLE_KEYS = ('allow_config_change', 'train.progress', 'data.read_threads', 'data.tfds_dir',
-                  'train.log_every', 'train.eval_every')
+                  'train.log_every', 'train.eval_every', 'sample.n', 'debug_nans',
+                  'explain.n', 'explain.steps')
 PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'tensorflow-datasets', 'grain',
             'chex', 'ml-collections', 'numpy')
 
 
 class Preempted(Exception):
   """Raised after SIGTERM once the checkpoint of the current step is saved."""
+
+
+class Diverged(FloatingPointError):
+  """A train metric became NaN or Inf; no checkpoint of the diverged state was written."""
+
+
+def check_finite(history: list, first_step: int) -> None:
+  """Raises Diverged naming the first step and metric of `history` (metrics of consecutive
+  steps from `first_step`) that is not finite."""
+  for i, metrics in enumerate(jax.device_get(history)):
+    for name, value in sorted(metrics.items()):
+      if not np.all(np.isfinite(value)):
+        raise Diverged(f'train/{name}={float(np.asarray(value).ravel()[0])} at step {first_step + i}: '
+                       f'training diverged; the checkpoints saved before it are untouched '
+                       f'(lower optim.lr, set optim.grad_clip, or pass --config.debug_nans=True to find the op)')
 
 
 class WorkdirError(ValueError):
@@ -58,6 +74,8 @@ class Experiment:
   eval_step: object
   batch_sharding: object
   final_eval_step: object  # eval_step, or the task's final_eval_step
+  generative: object = None  # evaluate.generative.GenerativeMetrics when eval.fd_samples > 0
+  transfer: dict | None = None  # what init_from loaded (recorded in run.json)
 
 
 def _flat(config) -> dict:
@@ -78,6 +96,11 @@ def check_workdir_config(config, workdir: str) -> None:
   if info is None or config.allow_config_change:
     return
   old, new = _flat(info['config']), _flat(json.loads(json.dumps(config.to_dict(), default=str)))
+  # A key the old run did not have yet (a newer jaxvision) matches when it holds the default.
+  default = _flat(json.loads(json.dumps(config_lib.base().to_dict(), default=str)))
+  for k in set(new) - set(old):
+    if k in default:
+      old[k] = default[k]
   differ = sorted(k for k in set(old) | set(new)
                   if k not in RESUMABLE_KEYS and old.get(k, '<unset>') != new.get(k, '<unset>'))
   if differ:
@@ -122,6 +145,7 @@ def setup(config, workdir: str) -> Experiment:
   """Everything before the first step; every check that can fail runs here, before compute."""
   config_lib.validate(config)
   check_workdir_config(config, workdir)
+  jax.config.update('jax_debug_nans', bool(config.debug_nans))
   mesh = parallel.make_mesh(config.mesh)
   shards = parallel.batch_size_per_shard(mesh)
   for key in ('batch_size', 'eval_batch_size'):
@@ -133,7 +157,8 @@ def setup(config, workdir: str) -> Experiment:
   train_split = pipeline.load_split(config.data, config.data.train_split)
   eval_split = pipeline.load_split(config.data, config.data.eval_split)
 
-  sample = {'image': jnp.zeros((1, *train_split.image_shape), jnp.float32),
+  dtype = jnp.int32 if train_split.input_key == 'tokens' else jnp.float32
+  sample = {train_split.input_key: jnp.zeros((1, *train_split.image_shape), dtype),
             'label': jnp.zeros((1,), jnp.int32)}
   init = lambda rng: task.init(config, rng, sample)
   rng = jax.random.PRNGKey(config.seed)
@@ -147,7 +172,19 @@ def setup(config, workdir: str) -> Experiment:
   state_sharding = parallel.state_sharding(mesh, abstract)
   batch_sharding = parallel.batch_sharding(mesh)
   replicated = parallel.replicated(mesh)
+  if config.freeze:
+    transfer.check_freeze(config, abstract.params)
   state = jax.jit(init, out_shardings=state_sharding)(rng)
+  transfer_info = None
+  if config.init_from.path:
+    if not hasattr(state, 'tx'):
+      raise config_lib.ConfigError(f'init_from works with single-optimizer tasks (classification, vae), '
+                                   f'not task {config.task!r}')
+    params, batch_stats, transfer_info = transfer.load_pretrained(
+        config, state.params, getattr(state, 'batch_stats', {}))
+    state = state.replace(params=params, opt_state=state.tx.init(params),
+                          **({'batch_stats': batch_stats} if hasattr(state, 'batch_stats') else {}))
+    state = jax.device_put(state, state_sharding)
   train_step = jax.jit(task.train_step, in_shardings=(state_sharding, batch_sharding),
                        out_shardings=(state_sharding, replicated), donate_argnums=0)
   eval_step = jax.jit(task.eval_step, in_shardings=(state_sharding, batch_sharding),
@@ -156,8 +193,12 @@ def setup(config, workdir: str) -> Experiment:
   if hasattr(task, 'final_eval_step'):
     final_eval_step = jax.jit(task.final_eval_step, in_shardings=(state_sharding, batch_sharding),
                               out_shardings=replicated)
+  generative = None
+  if config.eval.fd_samples and hasattr(task, 'sample'):
+    from jaxvision.evaluate import generative as generative_lib  # pylint: disable=g-import-not-at-top
+    generative = generative_lib.GenerativeMetrics(config, task, train_split, eval_split)
   return Experiment(config, workdir, mesh, task, train_split, eval_split, state, train_step,
-                    eval_step, batch_sharding, final_eval_step)
+                    eval_step, batch_sharding, final_eval_step, generative, transfer_info)
 
 
 def run_eval(exp: Experiment, state, final: bool = False) -> dict:
@@ -168,7 +209,10 @@ def run_eval(exp: Experiment, state, final: bool = False) -> dict:
     sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
   sums = jax.device_get(sums)
   count = sums.pop('count')
-  return {f'eval/{k}': float(v) / float(count) for k, v in sums.items()}
+  metrics = {f'eval/{k}': float(v) / float(count) for k, v in sums.items()}
+  if exp.generative is not None:
+    metrics.update(exp.generative(state))
+  return metrics
 
 
 def write_samples(exp: Experiment, state, step: int, writer) -> None:
@@ -187,7 +231,8 @@ def _run_info(exp: Experiment) -> dict:
           'devices': {'count': jax.device_count(), 'processes': jax.process_count(),
                       'platform': jax.devices()[0].platform, 'kind': jax.devices()[0].device_kind,
                       'mesh': dict(exp.mesh.shape)},
-          'data': {'train': exp.train_split.fingerprint, 'eval': exp.eval_split.fingerprint}}
+          'data': {'train': exp.train_split.fingerprint, 'eval': exp.eval_split.fingerprint},
+          'init_from': exp.transfer}
 
 
 class _SigtermFlag:
@@ -247,6 +292,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
           t_last, step_last = time.perf_counter(), step
         bar.update(1)
         if step % cfg.log_every == 0 or step == cfg.steps:
+          check_finite(history, step - len(history) + 1)
           scalars = {f'train/{k}': float(v) for k, v in
                      jax.tree.map(lambda *x: np.mean(x), *jax.device_get(history)).items()}
           now = time.perf_counter()
@@ -256,14 +302,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
           writer.write(step, scalars)
           bar.set_postfix(loss=f'{scalars["train/loss"]:.4f}',
                           ips=f'{scalars.get("perf/images_per_sec", 0):.0f}')
+        if step % cfg.ckpt_every == 0 or step == cfg.steps or sigterm.raised:
+          check_finite(history, step - len(history) + 1)  # never checkpoint a diverged state
+          ckpt.save(step, state, data_iter)  # before the eval: a failing eval loses no training
         if step % cfg.eval_every == 0 or step == cfg.steps:
           final = run_eval(exp, state, final=step == cfg.steps)
           writer.write(step, final)
           write_samples(exp, state, step, writer)
           bar.write(f'step {step}: ' + ', '.join(f'{k}={v:.4f}' for k, v in final.items()))
           t_last = time.perf_counter()  # eval time is not training throughput
-        if step % cfg.ckpt_every == 0 or step == cfg.steps or sigterm.raised:
-          ckpt.save(step, state, data_iter)
         if sigterm.raised and step < cfg.steps:
           ckpt.wait()
           raise Preempted(f'SIGTERM at step {step}: checkpoint saved in {workdir}; '
@@ -284,19 +331,58 @@ def train_and_evaluate(config, workdir: str) -> dict:
   return final
 
 
-def evaluate(config, workdir: str) -> dict:
-  """Evaluates the latest checkpoint of `workdir`; prints and records the metrics."""
-  exp = setup(config, workdir)
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), exp.config.train.keep_ckpts)
+def restore_latest(exp: Experiment):
+  """(step, state) of the workdir's latest readable checkpoint; WorkdirError if there is none."""
+  ckpt = checkpoint.Checkpointer(os.path.join(exp.workdir, 'checkpoints'), exp.config.train.keep_ckpts)
   try:
     step, state = ckpt.restore(exp.state)
   finally:
     ckpt.close()
   if step is None:
-    raise WorkdirError(f'no checkpoint in {workdir}/checkpoints; train first with --mode train')
+    raise WorkdirError(f'no checkpoint in {exp.workdir}/checkpoints; train first with --mode train')
+  return step, state
+
+
+def evaluate(config, workdir: str) -> dict:
+  """Evaluates the latest checkpoint of `workdir`; prints and records the metrics."""
+  exp = setup(config, workdir)
+  step, state = restore_latest(exp)
   metrics = run_eval(exp, state, final=True)
   if jax.process_index() == 0:
     writer = writers.MetricWriter(workdir)
     writer.write(step, metrics)
     writer.close()
   return {'step': step, **metrics}
+
+
+def sample(config, workdir: str) -> dict:
+  """`--mode sample`: config.sample.n images from the latest checkpoint's generator, written to
+  WORKDIR/samples/step_<N>/<i>.png and WORKDIR/samples/step_<N>.npz (uint8 images, labels)."""
+  task = tasks.get(config.task)
+  if not hasattr(task, 'sample'):
+    raise config_lib.ConfigError(f'task {config.task!r} does not generate images; --mode sample is '
+                                 f'for the generative tasks ({", ".join(k for k, t in tasks.TASKS.items() if hasattr(t, "sample"))})')
+  if config.sample.n <= 0:
+    raise config_lib.ConfigError(f'sample.n={config.sample.n} must be > 0')
+  exp = setup(config, workdir)
+  step, state = restore_latest(exp)
+  n, chunk = int(config.sample.n), 500
+  num_classes = getattr(state.model, 'num_classes', 0) if getattr(state.model, 'conditional', True) else 0
+  labels = np.arange(n) % num_classes if num_classes else None
+  key = jax.random.fold_in(jax.random.PRNGKey(config.seed), step)
+  fn = jax.jit(task.sample, static_argnums=2)
+  images = np.concatenate([
+      np.asarray(fn(state, jax.random.fold_in(key, i), min(chunk, n - start),
+                    None if labels is None else jnp.asarray(labels[start:start + chunk])))
+      for i, start in enumerate(range(0, n, chunk))])
+  from jaxvision.evaluate import grids  # pylint: disable=g-import-not-at-top
+  images = grids.to_uint8(images)
+  out = os.path.join(workdir, 'samples', f'step_{step}')
+  if jax.process_index() == 0:
+    os.makedirs(out, exist_ok=True)
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    for i, image in enumerate(images):
+      Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(os.path.join(out, f'{i:05d}.png'))
+    np.savez(out + '.npz', images=images, **({} if labels is None else {'labels': labels}))
+  return {'step': step, 'samples': n, 'written': out}
+

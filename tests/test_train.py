@@ -141,3 +141,23 @@ def test_another_config_in_the_workdir_is_refused(finished_run):
   other.optim.lr = 0.5
   with pytest.raises(train.WorkdirError, match=r'optim.lr: 0.003 -> 0.5.*allow_config_change'):
     train.train_and_evaluate(other, workdir)
+
+
+def test_divergence_stops_with_one_line_and_keeps_the_good_checkpoints(make_config, tmp_path):
+  workdir = str(tmp_path)
+  base = dict(train__steps=4, train__log_every=2, train__ckpt_every=2, train__eval_every=100,
+              optim__schedule='constant')
+  train.train_and_evaluate(make_config('cnn', **base), workdir)
+  good = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), 3)
+  assert good.all_steps() == [2, 4]
+  good.close()
+  # Resume with a learning rate that blows the params up: the first bad step is named.
+  config = make_config('cnn', **{**base, 'train__steps': 8, 'optim__lr': 1e30, 'allow_config_change': True})
+  with pytest.raises(train.Diverged, match=r'^train/\w+=(nan|inf|-inf) at step [56]: training diverged') as e:
+    train.train_and_evaluate(config, workdir)
+  assert '\n' not in str(e.value)
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), 3)
+  try:
+    assert ckpt.all_steps() == [2, 4]  # nothing of the diverged run was saved
+  finally:
+    ckpt.close()

@@ -18,9 +18,11 @@ import jax
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxvision.data import mnist10k
+from jaxvision.data import mnist10k, sequences, subset, synthetic, text
 
 OFFLINE = 'mnist10k'
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
 class DataError(ValueError):
@@ -37,6 +39,7 @@ class Split:
   num_classes: int
   fingerprint: str
   read: object  # callable: int64[k] indices -> dict of numpy arrays with leading dim k
+  input_key: str = 'image'  # the model's input: 'image' (uint8 pixels) or 'tokens' (int32 ids)
 
 
 def _data_dir(data_config) -> str | None:
@@ -93,22 +96,69 @@ def _select(example: dict) -> dict:
   return {'image': example['image'], 'label': example['label']}
 
 
+def _resizer(data_config, split: str):
+  """Fixed-size images from a dataset of any sizes (`data.image_size` > 0), else None.
+
+  Shorter side to image_size, then a centred image_size square. With
+  data.augment='inception_crop' (ImageNet-style), the shorter side goes to
+  image_size * 8/7 (256 for 224) instead; training keeps that whole square (the
+  train step takes its random crop from it, see augment.inception_crop) and
+  evaluation crops its centre."""
+  size = data_config.image_size
+  if not size:
+    return None
+  inception = data_config.augment == 'inception_crop'
+  short = round(size * 8 / 7) if inception else size
+  crop = short if inception and split == data_config.train_split else size
+  return lambda example: {**example, 'image': resize_center_crop(example['image'], short, crop)}
+
+
+def resize_center_crop(image: np.ndarray, short: int, crop: int) -> np.ndarray:
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  h, w = image.shape[:2]
+  scale = short / min(h, w)
+  size = (max(crop, round(w * scale)), max(crop, round(h * scale)))
+  squeeze = image.shape[-1] == 1
+  img = Image.fromarray(image[..., 0] if squeeze else image).resize(size, Image.BICUBIC)
+  top, left = (size[1] - crop) // 2, (size[0] - crop) // 2
+  out = np.asarray(img)[top:top + crop, left:left + crop]
+  return out[..., None] if squeeze else out
+
+
 def load_split(data_config, split: str) -> Split:
+  if data_config.name == sequences.NAME:  # derived from mnist10k, see data/sequences.py
+    return sequences.load_split(data_config, split, load_split)
   b = builder(data_config)
   if b.info.splits and split.split('[')[0] not in b.info.splits:  # 'train[:90%]' slices work
     raise DataError(f'{data_config.name} has no split {split!r}; it has: {", ".join(b.info.splits)}')
   features = b.info.features
+  if 'text' in features and 'label' in features:
+    return text.load_split(data_config, split, b, Split)
   if 'image' not in features or 'label' not in features:
-    raise DataError(f'{data_config.name} has no image/label features; classification needs both')
+    raise DataError(f'{data_config.name} has no image/label (or text/label) features; '
+                    f'classification needs both')
   source = b.as_data_source(split)
   size = len(source)
+  resize = _resizer(data_config, split)
+  select = _select if resize is None else lambda example: resize(_select(example))
+  image_shape = tuple(features['image'].shape)
+  if resize is not None:
+    crop = resize(_select(source[0]))['image'].shape[0]
+    image_shape = (crop, crop, image_shape[-1])
+  elif None in image_shape:
+    raise DataError(f'{data_config.name} images have no fixed size {image_shape}; '
+                    f'set --config.data.image_size (e.g. 224) to resize them')
   if data_config.cache:  # read the whole split once; then a batch is a numpy gather
-    arrays = _stack([_select(source[i]) for i in range(size)])
+    arrays = _stack([select(source[i]) for i in range(size)])
     read = lambda idx: {k: v[idx] for k, v in arrays.items()}
   else:
-    read = lambda idx: _stack([_select(source[int(i)]) for i in idx])
-  return Split(data_config.name, split, size, tuple(features['image'].shape),
-               features['label'].num_classes, _fingerprint(b, split), read)
+    read = lambda idx: _stack([select(source[int(i)]) for i in idx])
+  out = Split(data_config.name, split, size, image_shape,
+              features['label'].num_classes, _fingerprint(b, split), read)
+  out = subset.select(out, data_config, is_train=split == data_config.train_split)
+  if data_config.synthetic.path and split == data_config.train_split:
+    out = synthetic.mix(out, data_config.synthetic)
+  return out
 
 
 def _stack(examples: list[dict]) -> dict:
@@ -116,9 +166,13 @@ def _stack(examples: list[dict]) -> dict:
 
 
 def preprocess(batch: dict, scale: str) -> dict:
+  if 'tokens' in batch:
+    return {'tokens': batch['tokens'].astype(np.int32), 'label': batch['label'].astype(np.int32)}
   image = batch['image'].astype(np.float32) / 255.0
   if scale == 'minus_one_one':
     image = image * 2.0 - 1.0
+  elif scale == 'imagenet':  # per-channel standardisation with the ImageNet train statistics
+    image = (image - IMAGENET_MEAN) / IMAGENET_STD
   return {'image': image, 'label': batch['label'].astype(np.int32)}
 
 

@@ -6,10 +6,17 @@ import dataclasses
 
 import flax.linen as nn
 
-from jaxvision.models import cnn, vae
+from jaxvision.models import attention, cnn, cnn_rnn, gan, lstm, resnet, vae, vit
 
 MODELS: dict[str, type[nn.Module]] = {
     'cnn': cnn.CNN,
+    'resnet': resnet.ResNet,
+    'vit': vit.ViT,
+    'attention': attention.AttentionClassifier,
+    'lstm': lstm.LSTMClassifier,
+    'cnn_rnn': cnn_rnn.CNNRNN,
+    'gan_mlp': gan.MLPGAN,
+    'dcgan': gan.DCGAN,
     'vae_mlp': vae.MLPVAE,
     'vae_conv': vae.ConvVAE,
     'vae_cond': vae.ConditionalVAE,

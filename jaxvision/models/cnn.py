@@ -25,7 +25,9 @@ class CNN(nn.Module):
   bn_momentum: float = 0.9
 
   @nn.compact
-  def __call__(self, x, *, train: bool):
+  def __call__(self, x, *, train: bool, features: bool = False):
+    """Logits f32[B, num_classes]; with `features=True` the fc hidden layer f32[B, hidden]
+    (after its ReLU), the embedding that generative metrics compare."""
     chex.assert_rank(x, 4)
     if self.variant not in VARIANTS:
       raise ValueError(f'model.variant={self.variant!r}; use one of {VARIANTS}')
@@ -40,6 +42,8 @@ class CNN(nn.Module):
     x = x.reshape(x.shape[0], -1)
     x = nn.Dense(self.hidden, use_bias=not bn)(x)
     x = nn.relu(norm()(x) if bn else x)
+    if features:
+      return x
     if bn:
       x = nn.Dropout(self.dropout[1], deterministic=not train)(x)
     logits = nn.Dense(self.num_classes)(x)

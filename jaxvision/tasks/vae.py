@@ -80,7 +80,7 @@ def validate(config) -> None:
 
 def init(config, rng, sample_batch) -> VAEState:
   model = models.get(config.model).clone(image_shape=tuple(sample_batch['image'].shape[1:]))
-  tx, lr = optim.make(config.optim, config.train.steps)
+  tx, lr = optim.make(config.optim, config.train.steps, tuple(config.freeze))
   opts = StepOptions(beta=float(config.loss.beta), kl_warmup_steps=int(config.loss.kl_warmup_steps),
                      iwae_k=int(config.eval.iwae_k), iwae_chunk=int(config.eval.iwae_chunk),
                      seed=int(config.seed), lr=lr)

@@ -1,0 +1,61 @@
+"""LSTM classifier: images read as sequences of rows (offline default) or token sequences.
+
+  python run.py --config configs/lstm.py            # 28 rows of 28 pixels, mnist10k
+  python run.py --config configs/lstm.py:smoke      # a few steps, for tests
+  python run.py --config configs/lstm.py:imdb       # TFDS imdb_reviews as word tokens (prepare it first)
+"""
+from jaxvision import config as config_lib
+
+
+def get_config(preset: str = ''):
+  c = config_lib.base()
+  c.task = 'classification'
+  c.model.name = 'lstm'
+  c.model.num_classes = 10
+  c.model.input_shape = (28, 28, 1)  # 28 time steps of 28 pixels
+  c.model.hidden = 128
+  c.model.layers = 2
+  c.model.bidirectional = True
+  c.model.vocab_size = 0
+  c.model.embed_dim = 128
+  c.model.dropout = 0.1
+
+  c.data.name = 'mnist10k'
+  c.data.batch_size = 128
+  c.data.augment = 'shift'
+  c.data.shift = 2
+
+  c.optim.name = 'adamw'
+  c.optim.lr = 3e-3
+  c.optim.schedule = 'onecycle'
+  c.optim.warmup_frac = 0.2
+  c.optim.weight_decay = 1e-4
+  c.optim.grad_clip = 1.0
+  c.loss.label_smoothing = 0.1
+
+  c.train.steps = 2500  # 40 epochs of the 8,000 training images
+  c.train.log_every = 50
+  c.train.eval_every = 500
+  c.train.ckpt_every = 500
+
+  if preset == 'smoke':
+    config_lib.smoke(c)
+    c.model.hidden = 16
+    c.model.layers = 1
+  elif preset == 'imdb':  # sentiment of movie reviews: 256 word tokens, bidirectional LSTM
+    c.data.name = 'imdb_reviews'
+    c.data.max_len = 256
+    c.data.vocab_size = 20000
+    c.data.augment = 'none'
+    c.model.num_classes = 2
+    c.model.input_shape = (256,)
+    c.model.vocab_size = 20000
+    c.model.layers = 1
+    c.model.dropout = 0.3
+    c.data.batch_size = 64
+    c.train.steps = 391 * 5  # 5 epochs of the 25,000 training reviews
+    c.train.eval_every = 391
+    c.train.ckpt_every = 391
+  elif preset:
+    raise ValueError(f'configs/lstm.py has presets smoke and imdb, not {preset!r}')
+  return c

@@ -1,0 +1,55 @@
+"""Generated images as training data: `data.synthetic.path` names an .npz written by
+`python run.py --config <generator> --mode sample` (uint8 `images`, int `labels`).
+
+  data.synthetic.mode='add'   real training split + the generated examples (synthetic-data augmentation)
+  data.synthetic.mode='only'  the generated examples alone (classification accuracy score, CAS)
+
+The eval split is never touched: it stays the real test split.
+"""
+import dataclasses
+import hashlib
+
+import numpy as np
+
+MODES = ('add', 'only')
+
+
+def load(path: str, image_shape, num_classes: int) -> dict:
+  from jaxvision.data.pipeline import DataError  # pylint: disable=g-import-not-at-top
+  try:
+    with np.load(path) as f:
+      arrays = {k: np.asarray(f[k]) for k in f.files}
+  except (OSError, ValueError) as e:
+    raise DataError(f'data.synthetic.path={path!r} cannot be read ({type(e).__name__}); write it with '
+                    f'`python run.py --config configs/cgan.py --workdir W --mode sample`') from e
+  if 'labels' not in arrays:
+    raise DataError(f'{path} has no labels: synthetic training data must come from a conditional '
+                    f'generator (cgan, cvae)')
+  images, labels = arrays['images'], arrays['labels'].astype(np.int64)
+  if images.dtype != np.uint8 or tuple(images.shape[1:]) != tuple(image_shape):
+    raise DataError(f'{path} holds {images.dtype} images of {images.shape[1:]}, the dataset has uint8 '
+                    f'{tuple(image_shape)}; sample from a generator trained on this dataset')
+  if labels.min() < 0 or labels.max() >= num_classes:
+    raise DataError(f'{path} has labels outside [0, {num_classes})')
+  return {'image': images, 'label': labels}
+
+
+def mix(split, synthetic_config):
+  """The train `Split` with the generated examples added (or instead)."""
+  from jaxvision.data.pipeline import DataError  # pylint: disable=g-import-not-at-top
+  if synthetic_config.mode not in MODES:
+    raise DataError(f'data.synthetic.mode={synthetic_config.mode!r}; use one of {", ".join(MODES)}')
+  fake = load(synthetic_config.path, split.image_shape, split.num_classes)
+  with open(synthetic_config.path, 'rb') as f:
+    digest = hashlib.sha256(f.read()).hexdigest()[:16]
+  n = len(fake['label'])
+  if synthetic_config.mode == 'only':
+    read = lambda idx: {k: v[idx] for k, v in fake.items()}
+    size = n
+  else:
+    real = split.read(np.arange(split.size))
+    both = {k: np.concatenate([real[k], fake[k].astype(real[k].dtype)]) for k in ('image', 'label')}
+    read = lambda idx: {k: v[idx] for k, v in both.items()}
+    size = split.size + n
+  return dataclasses.replace(split, size=size, read=read,
+                             fingerprint=f'{split.fingerprint}+synthetic[{synthetic_config.mode}]/n={n}/sha256={digest}')

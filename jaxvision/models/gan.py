@@ -1,0 +1,210 @@
+"""Generative adversarial networks: a generator and a discriminator in one module.
+
+Every GAN here has the same interface (the task in `jaxvision/tasks/gan.py`
+relies on it); parameters live under two top-level names, `generator` and
+`discriminator`, so the task can give each its own optimizer:
+
+    images = model.apply(v, z, y, train=..., method='generate')       # f32[B, *image_shape] in [-1, 1]
+    logits = model.apply(v, images, y, train=..., method='discriminate')  # f32[B]
+    logits = model.apply(v, z, y, train=False)                          # D(G(z)): for init
+
+`y` (int labels i32[B]) is used by conditional models (`num_classes` > 0)
+and must be None otherwise. `image_shape` is set by the task from the data.
+
+* `MLPGAN`: the seed's fully connected GAN (LeakyReLU 0.2, dropout in D).
+* `DCGAN`: generator dense -> base x base x 4f -> stride-2 transposed convs
+  with BatchNorm -> tanh (7x7 -> 28x28 for digits, 4x4 -> 32x32 for CIFAR,
+  4x4 -> 64x64 for CelebA); discriminator strided convs with LeakyReLU.
+
+With `num_classes` > 0 a model is conditional: G gets a label embedding
+concatenated to z; D gets either the embedding concatenated to its input
+features (`conditioning='concat'`) or a projection term <embed(y), h>
+(`conditioning='projection'`, Miyato & Koyama 2018).
+"""
+import math
+
+import chex
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jaxvision.models import layers
+from jaxvision.models.vae import depth_to_space
+
+CONDITIONINGS = ('concat', 'projection')
+
+
+class _Logits(nn.Module):
+  """The discriminator's last step: logits from features h (and labels y)."""
+  num_classes: int
+  conditioning: str
+
+  @nn.compact
+  def __call__(self, h, y):
+    logits = nn.Dense(1, name='out')(h)[:, 0]
+    if self.num_classes and self.conditioning == 'projection':
+      embed = nn.Embed(self.num_classes, h.shape[-1], name='label_projection')(y)
+      logits = logits + jnp.sum(embed * h, axis=-1)
+    return logits
+
+
+class MLPGenerator(nn.Module):
+  hidden: tuple[int, ...]
+  num_classes: int
+  image_shape: tuple[int, ...]
+
+  @nn.compact
+  def __call__(self, z, y, *, train: bool):
+    del train
+    h = jnp.concatenate([z, nn.Embed(self.num_classes, 50, name='label_embed')(y)], -1) if self.num_classes else z
+    for i, width in enumerate(self.hidden):
+      h = nn.leaky_relu(nn.Dense(width, name=f'dense{i}')(h), 0.2)
+    return jnp.tanh(nn.Dense(math.prod(self.image_shape), name='out')(h)).reshape(z.shape[0], *self.image_shape)
+
+
+class MLPDiscriminator(nn.Module):
+  hidden: tuple[int, ...]
+  dropout: float
+  num_classes: int
+  conditioning: str
+
+  @nn.compact
+  def __call__(self, x, y, *, train: bool):
+    h = x.reshape(x.shape[0], -1)
+    if self.num_classes and self.conditioning == 'concat':
+      h = jnp.concatenate([h, nn.Embed(self.num_classes, 50, name='label_embed')(y)], -1)
+    for i, width in enumerate(self.hidden):
+      h = nn.leaky_relu(nn.Dense(width, name=f'dense{i}')(h), 0.2)
+      h = nn.Dropout(self.dropout, deterministic=not train)(h)
+    return _Logits(self.num_classes, self.conditioning, name='head')(h, y)
+
+
+def dcgan_geometry(image_shape) -> tuple[int, int]:
+  """(base, ups): 28 -> 7 x 2^2, 32 -> 4 x 2^3, 64 -> 4 x 2^4."""
+  h, w = image_shape[:2]
+  base = 7 if h % 7 == 0 else 4
+  ups = round(math.log2(max(h // base, 1)))
+  if h != w or ups < 1 or base * 2**ups != h:
+    raise ValueError(f'DCGAN makes square images of 7 * 2^n or 4 * 2^n pixels (28, 32, 64, ...), '
+                     f'not {h}x{w}; resize the data with --config.data.image_size')
+  return base, ups
+
+
+def _upsample_2x(features: int, upsample: str, conv_impl: str, name: str, use_bias: bool = False):
+  """A stride-2 upsampling conv: a 4x4 transposed conv, or the sub-pixel form (a 3x3 conv to
+  4x the channels at the low resolution, then depth-to-space), which covers every 4x4
+  stride-2 transposed conv and runs several times faster on CPU."""
+  if upsample == 'transpose':
+    return nn.ConvTranspose(features, (4, 4), strides=(2, 2), use_bias=use_bias, name=name)
+  conv = layers.Conv(4 * features, (3, 3), padding='SAME', use_bias=use_bias, impl=conv_impl, name=name)
+  return lambda x: depth_to_space(conv(x), 2)
+
+
+class DCGANGenerator(nn.Module):
+  features: int
+  num_classes: int
+  bn_momentum: float
+  image_shape: tuple[int, ...]
+  upsample: str = 'subpixel'
+  conv_impl: str = 'im2col'
+
+  @nn.compact
+  def __call__(self, z, y, *, train: bool):
+    base, ups = dcgan_geometry(self.image_shape)
+    norm = lambda name: nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, name=name)
+    h = jnp.concatenate([z, nn.Embed(self.num_classes, 50, name='label_embed')(y)], -1) if self.num_classes else z
+    h = nn.Dense(base * base * self.features * 2**ups, use_bias=False, name='dense')(h)
+    h = nn.relu(norm('norm0')(h.reshape(z.shape[0], base, base, -1)))
+    for i in range(ups - 1):
+      h = _upsample_2x(self.features * 2**(ups - 1 - i), self.upsample, self.conv_impl, f'deconv{i}')(h)
+      h = nn.relu(norm(f'norm{i + 1}')(h))
+    out = _upsample_2x(self.image_shape[-1], self.upsample, self.conv_impl, 'out', use_bias=True)
+    return jnp.tanh(out(h))
+
+
+class DCGANDiscriminator(nn.Module):
+  features: int
+  dropout: float
+  num_classes: int
+  conditioning: str
+  conv_impl: str = 'im2col'
+
+  @nn.compact
+  def __call__(self, x, y, *, train: bool):
+    _, ups = dcgan_geometry(x.shape[1:])
+    h = x
+    if self.num_classes and self.conditioning == 'concat':  # one label plane, learned per class
+      plane = nn.Embed(self.num_classes, 1, name='label_embed')(y)[:, None, None, :]
+      h = jnp.concatenate([h, jnp.broadcast_to(plane, (*x.shape[:3], 1))], -1)
+    for i in range(ups):
+      conv = layers.Conv(self.features * 2**i, (4, 4), strides=(2, 2), padding='SAME', impl=self.conv_impl,
+                         name=f'conv{i}')
+      h = nn.leaky_relu(conv(h), 0.2)
+      h = nn.Dropout(self.dropout, deterministic=not train)(h)
+    return _Logits(self.num_classes, self.conditioning, name='head')(h.reshape(x.shape[0], -1), y)
+
+
+class _GAN(nn.Module):
+  """Shared interface; subclasses build `self.generator` and `self.discriminator` in setup."""
+
+  def _check(self, y, n: int) -> None:
+    if self.conditioning not in CONDITIONINGS:
+      raise ValueError(f'model.conditioning={self.conditioning!r}; use one of {CONDITIONINGS}')
+    if self.num_classes:
+      if y is None:
+        raise ValueError('a conditional GAN (model.num_classes > 0) needs labels y')
+      chex.assert_shape(y, (n,))
+    elif y is not None:
+      raise ValueError('an unconditional GAN (model.num_classes = 0) takes no labels')
+
+  def generate(self, z, y=None, *, train: bool):
+    chex.assert_shape(z, (None, self.latents))
+    self._check(y, z.shape[0])
+    images = self.generator(z, y, train=train)
+    chex.assert_shape(images, (z.shape[0], *self.image_shape))
+    return images
+
+  def discriminate(self, x, y=None, *, train: bool):
+    chex.assert_shape(x, (None, *self.image_shape))
+    self._check(y, x.shape[0])
+    logits = self.discriminator(x, y, train=train)
+    chex.assert_shape(logits, (x.shape[0],))
+    return logits
+
+  def __call__(self, z, y=None, *, train: bool = False):
+    return self.discriminate(self.generate(z, y, train=train), y, train=train)
+
+
+class MLPGAN(_GAN):
+  latents: int = 100
+  g_hidden: tuple[int, ...] = (256, 512, 1024)
+  d_hidden: tuple[int, ...] = (1024, 512, 256)
+  d_dropout: float = 0.3
+  num_classes: int = 0
+  conditioning: str = 'concat'
+  image_shape: tuple[int, ...] = (28, 28, 1)
+
+  def setup(self):
+    self.generator = MLPGenerator(self.g_hidden, self.num_classes, self.image_shape)
+    self.discriminator = MLPDiscriminator(self.d_hidden, self.d_dropout, self.num_classes,
+                                          self.conditioning)
+
+
+class DCGAN(_GAN):
+  latents: int = 100
+  g_features: int = 64  # channels of the last transposed conv, doubled at each lower resolution
+  d_features: int = 64  # channels of the first conv, doubled at each stride
+  d_dropout: float = 0.0
+  num_classes: int = 0
+  conditioning: str = 'projection'
+  bn_momentum: float = 0.9
+  upsample: str = 'subpixel'  # or 'transpose' (nn.ConvTranspose 4x4, stride 2)
+  conv_impl: str = 'im2col'
+  image_shape: tuple[int, ...] = (28, 28, 1)
+
+  def setup(self):
+    if self.upsample not in ('subpixel', 'transpose'):
+      raise ValueError(f'model.upsample={self.upsample!r}; use subpixel or transpose')
+    self.generator = DCGANGenerator(self.g_features, self.num_classes, self.bn_momentum, self.image_shape,
+                                    self.upsample, self.conv_impl)
+    self.discriminator = DCGANDiscriminator(self.d_features, self.d_dropout, self.num_classes,
+                                            self.conditioning, self.conv_impl)

@@ -1,0 +1,61 @@
+"""LSTM sequence classifier: token ids or images read row by row.
+
+One module, two inputs:
+* int tokens [B, L] (id 0 = padding, at the end): embedded, then read up to each
+  sequence's length (`nn.RNN(seq_lengths=...)`), so padding never changes the result;
+* images [B, H, W, C]: H time steps of W*C pixels (rows as time).
+
+`layers` LSTMs are stacked (each optionally bidirectional); the classifier
+head reads the last layer's final state (both directions' when bidirectional).
+`input_shape` is the shape of one example the model is built for; any other
+shape is refused with one line before compute.
+"""
+import chex
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+class LSTMClassifier(nn.Module):
+  num_classes: int = 10
+  input_shape: tuple[int, ...] = (28, 28, 1)
+  hidden: int = 128
+  layers: int = 1
+  bidirectional: bool = False
+  vocab_size: int = 0  # > 0: the input is token ids
+  embed_dim: int = 128
+  dropout: float = 0.0
+
+  def _check(self, x):
+    if tuple(x.shape[1:]) != tuple(self.input_shape):
+      raise ValueError(f'model.input_shape={tuple(self.input_shape)} but the data gives examples of '
+                       f'shape {tuple(x.shape[1:])}; set --config.model.input_shape to match the data')
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    self._check(x)
+    lengths = None
+    if self.vocab_size:
+      chex.assert_rank(x, 2)
+      lengths = jnp.sum(x != 0, axis=1).astype(jnp.int32)
+      h = nn.Embed(self.vocab_size, self.embed_dim, name='embed')(x)
+    else:
+      chex.assert_rank(x, 4)
+      h = x.reshape(x.shape[0], x.shape[1], -1)  # rows as time steps
+    final = None
+    for i in range(self.layers):
+      fwd = nn.RNN(nn.OptimizedLSTMCell(self.hidden, name=f'lstm{i}'), return_carry=True)
+      if self.bidirectional:
+        bwd = nn.RNN(nn.OptimizedLSTMCell(self.hidden, name=f'lstm{i}_reverse'), return_carry=True,
+                     reverse=True, keep_order=True)
+        (c_f, out_f), (c_b, out_b) = (fwd(h, seq_lengths=lengths), bwd(h, seq_lengths=lengths))
+        h = jnp.concatenate([out_f, out_b], axis=-1)
+        final = jnp.concatenate([c_f[1], c_b[1]], axis=-1)
+      else:
+        (carry, h) = fwd(h, seq_lengths=lengths)
+        final = carry[1]
+      if i + 1 < self.layers:
+        h = nn.Dropout(self.dropout, deterministic=not train)(h)
+    final = nn.Dropout(self.dropout, deterministic=not train)(final)
+    logits = nn.Dense(self.num_classes, name='head')(final)
+    chex.assert_shape(logits, (x.shape[0], self.num_classes))
+    return logits.astype(jnp.float32)

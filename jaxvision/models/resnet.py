@@ -1,0 +1,100 @@
+"""ResNet v1.5 (stride on the 3x3 conv of a bottleneck), for small and large images.
+
+`stem='cifar'` is one 3x3 conv at full resolution (CIFAR/MNIST-sized inputs);
+`stem='imagenet'` is the 7x7/2 conv + 3x3/2 max-pool of the ImageNet models.
+Stage `i` has `stage_sizes[i]` blocks of `width * 2**i` channels (times 4 at
+the output of a bottleneck); stages after the first halve the resolution.
+
+  ResNet-20 (CIFAR):  stage_sizes=(3, 3, 3), block='basic', width=16, stem='cifar'
+  ResNet-18:          stage_sizes=(2, 2, 2, 2), block='basic', width=64
+  ResNet-50:          stage_sizes=(3, 4, 6, 3), block='bottleneck', width=64, stem='imagenet'
+
+BatchNorm statistics live in the `batch_stats` collection. Under `jax.jit`
+with the batch sharded over devices, the batch mean and variance are
+computed over the *global* batch (XLA inserts the cross-device reduction), so
+the statistics are averaged across devices by construction; `bn_axis_name`
+names the mapped axis to average over for the `pmap` path.
+"""
+import functools
+
+import chex
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jaxvision.models import layers
+
+BLOCKS = ('basic', 'bottleneck')
+STEMS = ('cifar', 'imagenet')
+
+
+def _shortcut(block: nn.Module, x, y):
+  """The identity, or a strided 1x1 conv + BatchNorm where the block changes the shape."""
+  if x.shape == y.shape:
+    return x
+  conv = block.conv(y.shape[-1], (1, 1), strides=block.strides, name='conv_proj')
+  return block.norm(name='norm_proj')(conv(x))
+
+
+class BasicBlock(nn.Module):
+  features: int
+  strides: int
+  conv: type
+  norm: type
+
+  @nn.compact
+  def __call__(self, x):
+    y = nn.relu(self.norm()(self.conv(self.features, (3, 3), strides=self.strides)(x)))
+    y = self.norm(scale_init=nn.initializers.zeros_init())(self.conv(self.features, (3, 3))(y))
+    return nn.relu(_shortcut(self, x, y) + y)
+
+
+class BottleneckBlock(nn.Module):
+  features: int
+  strides: int
+  conv: type
+  norm: type
+
+  @nn.compact
+  def __call__(self, x):
+    y = nn.relu(self.norm()(self.conv(self.features, (1, 1))(x)))
+    y = nn.relu(self.norm()(self.conv(self.features, (3, 3), strides=self.strides)(y)))
+    y = self.norm(scale_init=nn.initializers.zeros_init())(self.conv(self.features * 4, (1, 1))(y))
+    return nn.relu(_shortcut(self, x, y) + y)
+
+
+class ResNet(nn.Module):
+  num_classes: int = 10
+  stage_sizes: tuple[int, ...] = (3, 3, 3)
+  block: str = 'basic'
+  width: int = 16
+  stem: str = 'cifar'
+  conv_impl: str = 'xla'
+  bn_momentum: float = 0.9
+  bn_axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    chex.assert_rank(x, 4)
+    if self.block not in BLOCKS or self.stem not in STEMS:
+      raise ValueError(f'model.block={self.block!r}, model.stem={self.stem!r}; '
+                       f'use block in {BLOCKS} and stem in {STEMS}')
+    conv = functools.partial(layers.Conv, use_bias=False, padding='SAME', impl=self.conv_impl,
+                             kernel_init=nn.initializers.variance_scaling(2.0, 'fan_out', 'normal'))
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
+                             epsilon=1e-5, axis_name=self.bn_axis_name)
+    if self.stem == 'cifar':
+      x = conv(self.width, (3, 3), name='conv_stem')(x)
+    else:
+      x = conv(self.width, (7, 7), strides=2, padding=((3, 3), (3, 3)), name='conv_stem')(x)
+    x = nn.relu(norm(name='norm_stem')(x))
+    if self.stem == 'imagenet':
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    block = BasicBlock if self.block == 'basic' else BottleneckBlock
+    for i, n in enumerate(self.stage_sizes):
+      for j in range(n):
+        strides = 2 if i > 0 and j == 0 else 1
+        x = block(self.width * 2**i, strides, conv, norm, name=f'stage{i + 1}_block{j + 1}')(x)
+    x = jnp.mean(x, axis=(1, 2))
+    logits = nn.Dense(self.num_classes, name='head')(x)
+    chex.assert_shape(logits, (x.shape[0], self.num_classes))
+    return logits.astype(jnp.float32)

@@ -1,0 +1,268 @@
+"""Adversarial training as pure functions over an explicit state.
+
+    state = init(config, rng, sample_batch)
+    state, metrics = train_step(state, batch)   # batch: image f32[B,H,W,C] in [-1, 1], label i32[B]
+    sums = eval_step(state, batch)              # D on real test images and on as many fakes
+    images = sample(state, rng, n, labels)      # f32[n,H,W,C] in [0, 1], from the EMA generator
+
+One jitted step makes `gan.d_steps` discriminator updates, then one generator
+update, each through its own optax transformation and state (Adam 2e-4,
+b1 = 0.5 by default; `gan.g_lr` / `gan.d_lr` set them apart). Losses:
+`gan.loss='bce'` — the minimax BCE objective for D and the non-saturating
+-log D(G(z)) for G — or `'hinge'`. An exponential moving average of the
+generator's parameters (`gan.ema_decay`) is kept in the state and used for
+samples and metrics. Randomness (latents, dropout) comes from
+`fold_in(state.rng, state.step)`.
+"""
+import dataclasses
+from typing import Any
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from jaxvision import models, optim
+from jaxvision.evaluate import grids
+
+LOSSES = ('bce', 'hinge')
+_SAMPLE_SALT = 0x5A3
+_EVAL_SALT = 0xE7A1
+_COLS = 8
+_STANDING_SALT = 0x57A7
+_STANDING_BATCH = 2048
+
+
+@dataclasses.dataclass(frozen=True)
+class StepOptions:
+  loss: str = 'bce'
+  d_steps: int = 1
+  ema_decay: float = 0.999
+  seed: int = 0
+  g_lr: Any = None  # schedules, logged as train/g_lr and train/d_lr
+  d_lr: Any = None
+
+
+@struct.dataclass
+class GANState:
+  step: jax.Array
+  params: Any  # {'generator': ..., 'discriminator': ...}
+  batch_stats: Any  # the generator's BatchNorm statistics ({} for the MLP GAN)
+  g_opt_state: Any
+  d_opt_state: Any
+  ema_params: Any  # moving average of params['generator']
+  rng: jax.Array
+  model: nn.Module = struct.field(pytree_node=False)
+  g_tx: optax.GradientTransformation = struct.field(pytree_node=False)
+  d_tx: optax.GradientTransformation = struct.field(pytree_node=False)
+  opts: StepOptions = struct.field(pytree_node=False)
+
+
+def validate(config) -> None:
+  """Task-specific config checks (called by `config.validate`); one-line ConfigError."""
+  from jaxvision.config import ConfigError  # pylint: disable=g-import-not-at-top
+  gans = sorted(k for k, v in models.MODELS.items() if hasattr(v, 'generate') and hasattr(v, 'discriminate'))
+  if config.model.name not in gans:
+    raise ConfigError(f'model.name={config.model.name!r} is not a GAN; use one of: {", ".join(gans)}')
+  if config.data.scale != 'minus_one_one':
+    raise ConfigError(f'task gan generates tanh images and needs data.scale=minus_one_one, '
+                      f'not {config.data.scale!r}')
+  if config.gan.loss not in LOSSES:
+    raise ConfigError(f'gan.loss={config.gan.loss!r} is not allowed; use one of: {", ".join(LOSSES)}')
+  if config.freeze or config.init_from.path:
+    raise ConfigError('freeze and init_from are not supported by task gan (two optimizers); '
+                      'leave them unset')
+  if config.gan.d_steps < 1 or not 0.0 <= config.gan.ema_decay < 1.0:
+    raise ConfigError(f'gan.d_steps={config.gan.d_steps} must be >= 1 and '
+                      f'gan.ema_decay={config.gan.ema_decay} in [0, 1)')
+
+
+def _txs(config):
+  """Two optimizers from config.optim, with gan.g_lr / gan.d_lr (0 = optim.lr) as their rates."""
+  out = []
+  for lr in (config.gan.g_lr, config.gan.d_lr):
+    optim_config = config.optim.copy_and_resolve_references()
+    optim_config.lr = lr or config.optim.lr
+    out.append(optim.make(optim_config, config.train.steps))
+  return out
+
+
+def init(config, rng, sample_batch) -> GANState:
+  model = models.get(config.model).clone(image_shape=tuple(sample_batch['image'].shape[1:]))
+  (g_tx, g_lr), (d_tx, d_lr) = _txs(config)
+  opts = StepOptions(loss=config.gan.loss, d_steps=int(config.gan.d_steps),
+                     ema_decay=float(config.gan.ema_decay), seed=int(config.seed), g_lr=g_lr, d_lr=d_lr)
+  init_rng, state_rng = jax.random.split(rng)
+  n = sample_batch['image'].shape[0]
+  z = jnp.zeros((n, model.latents))
+  variables = model.init({'params': init_rng, 'dropout': init_rng}, z, _labels(model, sample_batch))
+  params = variables['params']
+  return GANState(step=jnp.zeros((), jnp.int32), params=params,
+                  batch_stats=variables.get('batch_stats', {}),
+                  g_opt_state=g_tx.init(params['generator']), d_opt_state=d_tx.init(params['discriminator']),
+                  ema_params=params['generator'], rng=state_rng, model=model, g_tx=g_tx, d_tx=d_tx,
+                  opts=opts)
+
+
+def _labels(model, batch):
+  return batch['label'] if model.num_classes else None
+
+
+def _check_batch(batch) -> None:
+  chex.assert_rank(batch['image'], 4)
+  chex.assert_shape(batch['label'], batch['image'].shape[:1])
+
+
+# ------------------------------------------------------------------ losses
+
+
+def d_loss(kind: str, real_logits, fake_logits) -> jax.Array:
+  if kind == 'hinge':
+    return jnp.mean(nn.relu(1.0 - real_logits)) + jnp.mean(nn.relu(1.0 + fake_logits))
+  # BCE with targets 1 (real) and 0 (fake): -log D(x) - log(1 - D(G(z))).
+  return jnp.mean(jax.nn.softplus(-real_logits)) + jnp.mean(jax.nn.softplus(fake_logits))
+
+
+def g_loss(kind: str, fake_logits) -> jax.Array:
+  if kind == 'hinge':
+    return -jnp.mean(fake_logits)
+  return jnp.mean(jax.nn.softplus(-fake_logits))  # non-saturating: -log D(G(z))
+
+
+# -------------------------------------------------------------- the contract
+
+
+def _generate(state, g_params, z, y, *, train: bool):
+  """G(z) with the given generator params; in train mode also its new BatchNorm statistics."""
+  variables = {'params': {'generator': g_params}, 'batch_stats': state.batch_stats}
+  if not train or not state.batch_stats:
+    return state.model.apply(variables, z, y, train=train, method='generate'), state.batch_stats
+  images, updates = state.model.apply(variables, z, y, train=True, method='generate',
+                                      mutable=['batch_stats'])
+  return images, updates['batch_stats']
+
+
+def ema_batch_stats(state: GANState):
+  """BatchNorm statistics for the EMA generator ("standing statistics").
+
+  The running statistics in the state belong to the raw generator; the averaged weights
+  produce other activations, and sampling them with the raw statistics gives washed-out
+  images. So the EMA generator's statistics are measured on one fixed batch of latents:
+  running from zeros with momentum m, one train-mode pass leaves (1 - m) * batch statistic."""
+  if not state.batch_stats:
+    return state.batch_stats
+  model = state.model
+  key = jax.random.fold_in(jax.random.PRNGKey(state.opts.seed), _STANDING_SALT)
+  z = jax.random.normal(key, (_STANDING_BATCH, model.latents))
+  y = jnp.arange(_STANDING_BATCH) % model.num_classes if model.num_classes else None
+  zeros = jax.tree.map(jnp.zeros_like, state.batch_stats)
+  _, updates = model.apply({'params': {'generator': state.ema_params}, 'batch_stats': zeros}, z, y,
+                           train=True, method='generate', mutable=['batch_stats'])
+  return jax.tree.map(lambda v: v / (1.0 - model.bn_momentum), updates['batch_stats'])
+
+
+def _generate_ema(state: GANState, z, y):
+  """Images in [-1, 1] from the EMA generator with its own BatchNorm statistics."""
+  return _generate(state.replace(batch_stats=ema_batch_stats(state)), state.ema_params, z, y,
+                   train=False)[0]
+
+
+def _discriminate(state, d_params, x, y, rng, *, train: bool):
+  return state.model.apply({'params': {'discriminator': d_params}}, x, y, train=train,
+                           method='discriminate', rngs={'dropout': rng} if train else None)
+
+
+def train_step(state: GANState, batch) -> tuple[GANState, dict]:
+  _check_batch(batch)
+  opts, model = state.opts, state.model
+  real, y = batch['image'], _labels(model, batch)
+  n = real.shape[0]
+  keys = jax.random.split(jax.random.fold_in(state.rng, state.step), 2 * opts.d_steps + 2)
+  g_params, d_params, d_opt_state = state.params['generator'], state.params['discriminator'], state.d_opt_state
+
+  for k in range(opts.d_steps):  # D: fakes from the current G, no gradient into G
+    z = jax.random.normal(keys[2 * k], (n, model.latents))
+    fake, _ = _generate(state, g_params, z, y, train=True)
+    fake = jax.lax.stop_gradient(fake)
+
+    def d_loss_fn(d_params, drop_rng=keys[2 * k + 1], fake=fake):
+      both = _discriminate(state, d_params, jnp.concatenate([real, fake]),
+                           None if y is None else jnp.concatenate([y, y]), drop_rng, train=True)
+      return d_loss(opts.loss, both[:n], both[n:]), both
+
+    (dl, logits), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(d_params)
+    d_updates, d_opt_state = state.d_tx.update(d_grads, d_opt_state, d_params)
+    d_params = optax.apply_updates(d_params, d_updates)
+
+  z = jax.random.normal(keys[-2], (n, model.latents))
+
+  def g_loss_fn(g_params):  # G: through the updated D, whose params get no update here
+    fake, batch_stats = _generate(state, g_params, z, y, train=True)
+    fake_logits = _discriminate(state, d_params, fake, y, keys[-1], train=True)
+    return g_loss(opts.loss, fake_logits), batch_stats
+
+  (gl, batch_stats), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(g_params)
+  g_updates, g_opt_state = state.g_tx.update(g_grads, state.g_opt_state, g_params)
+  g_params = optax.apply_updates(g_params, g_updates)
+  ema = optax.incremental_update(g_params, state.ema_params, 1.0 - opts.ema_decay)
+
+  new_state = state.replace(step=state.step + 1, params={'generator': g_params, 'discriminator': d_params},
+                            batch_stats=batch_stats, g_opt_state=g_opt_state, d_opt_state=d_opt_state,
+                            ema_params=ema)
+  metrics = {'loss': dl + gl, 'd_loss': dl, 'g_loss': gl,
+             'd_real': jnp.mean(jax.nn.sigmoid(logits[:n])), 'd_fake': jnp.mean(jax.nn.sigmoid(logits[n:])),
+             'g_grad_norm': optax.global_norm(g_grads), 'd_grad_norm': optax.global_norm(d_grads),
+             'g_lr': opts.g_lr(state.step), 'd_lr': opts.d_lr(state.step)}
+  return new_state, metrics
+
+
+def _eval_latents(state: GANState, n: int) -> jax.Array:
+  key = jax.random.fold_in(jax.random.PRNGKey(state.opts.seed), _EVAL_SALT)
+  return jax.random.normal(key, (n, state.model.latents))
+
+
+def eval_step(state: GANState, batch) -> dict:
+  """D's loss and mean probabilities on the real test images and on as many EMA-generator
+  fakes (latents fixed by the seed, so evals at different steps compare)."""
+  _check_batch(batch)
+  real, y, mask = batch['image'], _labels(state.model, batch), batch['mask']
+  z = _eval_latents(state, real.shape[0])
+  fake = _generate_ema(state, z, y)
+  d = state.params['discriminator']
+  real_logits = _discriminate(state, d, real, y, None, train=False)
+  fake_logits = _discriminate(state, d, fake, y, None, train=False)
+  per_image_d_loss = jax.nn.softplus(-real_logits) + jax.nn.softplus(fake_logits)
+  return {'d_loss': jnp.sum(per_image_d_loss * mask),
+          'd_real': jnp.sum(jax.nn.sigmoid(real_logits) * mask),
+          'd_fake': jnp.sum(jax.nn.sigmoid(fake_logits) * mask), 'count': jnp.sum(mask)}
+
+
+def sample(state: GANState, rng, n: int, labels=None) -> jax.Array:
+  """n images in [0, 1] from the EMA generator; a conditional model cycles through the classes."""
+  if state.model.num_classes and labels is None:
+    labels = jnp.arange(n) % state.model.num_classes
+  z = jax.random.normal(rng, (n, state.model.latents))
+  return (_generate_ema(state, z, labels) + 1.0) / 2.0
+
+
+@jax.jit
+def _sample_fixed(state: GANState, z, y):
+  return (_generate_ema(state, z, y) + 1.0) / 2.0
+
+
+def sample_images(state: GANState, config, batch) -> dict:
+  """uint8 grid 'samples' from latents fixed at the start of the run (a function of the seed);
+  for a conditional model one row per class, the same latent down each column."""
+  del batch
+  num_classes = state.model.num_classes
+  key = jax.random.fold_in(jax.random.PRNGKey(config.seed), _SAMPLE_SALT)
+  if num_classes:
+    z = jnp.tile(jax.random.normal(key, (_COLS, state.model.latents)), (num_classes, 1))
+    y = jnp.repeat(jnp.arange(num_classes), _COLS)
+  else:
+    z, y = jax.random.normal(key, (_COLS * _COLS, state.model.latents)), None
+  images = np.asarray(_sample_fixed(state, z, y))
+  return {'samples': grids.make_grid(images, num_classes or _COLS)}

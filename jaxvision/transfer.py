@@ -1,0 +1,113 @@
+"""Transfer learning: start from another run's parameters; freeze parameter subtrees.
+
+  config.init_from.path     a workdir (its latest checkpoint), a checkpoint step dir, or its state dir
+  config.init_from.include  regexes over parameter paths ('Conv_0/kernel', 'BatchNorm_1/scale', ...);
+                            default ('.*',): everything
+  config.init_from.exclude  regexes of paths to leave freshly initialised (e.g. ('Dense_1/.*',): the head)
+  config.freeze             regexes of parameter paths that get no updates (optax.multi_transform with
+                            set_to_zero); a frozen BatchNorm also keeps its statistics
+
+A path is matched with re.fullmatch. An included leaf whose shape differs from the new
+model's (a head for another number of classes) keeps its fresh initialisation, and the run
+prints one line naming those leaves. An included path that the checkpoint lacks is an error.
+"""
+import os
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def path_str(path) -> str:
+  return '/'.join(str(getattr(k, 'key', getattr(k, 'name', k))) for k in path)
+
+
+def compile_patterns(patterns, key: str) -> list:
+  from jaxvision.config import ConfigError  # pylint: disable=g-import-not-at-top
+  out = []
+  for p in patterns:
+    try:
+      out.append(re.compile(p))
+    except re.error as e:
+      raise ConfigError(f'{key} has a bad regex {p!r} ({e}); paths look like Conv_0/kernel') from e
+  return out
+
+
+def matches(patterns, path: str) -> bool:
+  return any(p.fullmatch(path) for p in patterns)
+
+
+def frozen_mask(params, patterns):
+  """True for every parameter leaf whose path matches one of the patterns."""
+  return jax.tree_util.tree_map_with_path(lambda p, _: matches(patterns, path_str(p)), params)
+
+
+def check_freeze(config, abstract_params) -> None:
+  """config.freeze must be valid regexes that match at least one parameter; one-line ConfigError."""
+  from jaxvision.config import ConfigError  # pylint: disable=g-import-not-at-top
+  patterns = compile_patterns(config.freeze, 'freeze')
+  if patterns and not any(jax.tree.leaves(frozen_mask(abstract_params, patterns))):
+    paths = [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(abstract_params)[0]]
+    raise ConfigError(f'freeze={tuple(config.freeze)} matches no parameter; paths are: {", ".join(paths[:12])}')
+
+
+def _state_dir(path: str) -> str:
+  from jaxvision.config import ConfigError  # pylint: disable=g-import-not-at-top
+  if os.path.isdir(os.path.join(path, 'checkpoints')):  # a workdir: its latest complete step
+    ckpts = os.path.join(path, 'checkpoints')
+    steps = sorted((int(d) for d in os.listdir(ckpts) if d.isdigit() and
+                    os.path.exists(os.path.join(ckpts, d, 'state', 'commit_success.txt'))), reverse=True)
+    if steps:
+      return os.path.join(ckpts, str(steps[0]), 'state')
+  elif os.path.isdir(os.path.join(path, 'state')):
+    return os.path.join(path, 'state')
+  elif os.path.exists(os.path.join(path, '_METADATA')):
+    return path
+  raise ConfigError(f'init_from.path={path!r} holds no checkpoint; give a workdir of a finished run '
+                    f'or a checkpoint step directory')
+
+
+def load_pretrained(config, params, batch_stats):
+  """(params, batch_stats, info) with the included leaves taken from config.init_from.path."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from jaxvision.config import ConfigError  # pylint: disable=g-import-not-at-top
+  include = compile_patterns(config.init_from.include, 'init_from.include')
+  exclude = compile_patterns(config.init_from.exclude, 'init_from.exclude')
+  state_dir = _state_dir(config.init_from.path)
+  source = ocp.StandardCheckpointer().restore(state_dir)
+  loaded, reinit, missing = [], [], []
+
+  def merge(tree, src_tree, collection):
+    src = {path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(src_tree or {})[0]}
+
+    def pick(path, leaf):
+      name = path_str(path)
+      owner = name.rsplit('/', 1)[0] + '/scale' if collection == 'batch_stats' else name
+      if not matches(include, owner) or matches(exclude, owner):
+        return leaf
+      if name not in src:
+        missing.append(f'{collection}/{name}')
+        return leaf
+      if tuple(src[name].shape) != tuple(leaf.shape):
+        reinit.append(f'{collection}/{name}')
+        return leaf
+      loaded.append(f'{collection}/{name}')
+      return jnp.asarray(np.asarray(src[name]), leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(pick, tree)
+
+  params = merge(params, source.get('params'), 'params')
+  batch_stats = merge(batch_stats, source.get('batch_stats'), 'batch_stats')
+  if missing:
+    raise ConfigError(f'init_from.path={config.init_from.path!r} lacks {", ".join(missing[:6])}; '
+                      f'leave them out with --config.init_from.exclude')
+  if not loaded:
+    raise ConfigError(f'init_from: no parameter of {config.init_from.path!r} matches the new model '
+                      f'(include={tuple(config.init_from.include)}, exclude={tuple(config.init_from.exclude)})')
+  if reinit:
+    print(f'init_from: re-initialised (shape differs): {", ".join(reinit)}')
+  from jaxvision.train import params_sha256  # pylint: disable=g-import-not-at-top
+  info = {'path': config.init_from.path, 'state_dir': state_dir, 'loaded': len(loaded),
+          'reinitialised': reinit, 'source_params_sha256': params_sha256(source.get('params'))}
+  return params, batch_stats, info

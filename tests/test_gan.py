@@ -1,0 +1,233 @@
+"""GAN models and task, and the generative metrics (FD, KID)."""
+import dataclasses
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxvision import checkpoint, train
+from jaxvision import config as config_lib
+from jaxvision.evaluate import generative
+from jaxvision.models import gan as gan_models
+from jaxvision.tasks import gan
+
+
+def _state_and_batch(make_config, name='dcgan', **overrides):
+  config = make_config(name, **overrides)
+  rng = np.random.default_rng(0)
+  batch = {'image': jnp.asarray(rng.uniform(-1, 1, size=(16, 28, 28, 1)), jnp.float32),
+           'label': jnp.asarray(rng.integers(0, 10, 16), jnp.int32)}
+  return config, gan.init(config, jax.random.PRNGKey(0), batch), batch
+
+
+@pytest.mark.parametrize('shape', [(28, 28, 1), (32, 32, 3), (64, 64, 3)])
+@pytest.mark.parametrize('upsample', ['subpixel', 'transpose'])
+def test_dcgan_generator_and_discriminator_shapes(shape, upsample):
+  model = gan_models.DCGAN(latents=8, g_features=4, d_features=4, image_shape=shape, upsample=upsample)
+  z = jnp.zeros((2, 8))
+  variables = model.init(jax.random.PRNGKey(0), z)
+  images = model.apply(variables, z, train=False, method='generate')
+  chex.assert_shape(images, (2, *shape))
+  assert float(jnp.max(jnp.abs(images))) <= 1.0
+  chex.assert_shape(model.apply(variables, images, train=False, method='discriminate'), (2,))
+  assert set(variables['params']) == {'generator', 'discriminator'}
+
+
+def test_dcgan_rejects_image_sizes_it_cannot_make():
+  model = gan_models.DCGAN(image_shape=(30, 30, 1))
+  with pytest.raises(ValueError, match='7 \\* 2\\^n or 4 \\* 2\\^n'):
+    model.init(jax.random.PRNGKey(0), jnp.zeros((1, 100)))
+
+
+@pytest.mark.parametrize('name', ['gan', 'dcgan', 'cgan'])
+def test_train_step_moves_each_network_only_through_its_own_optimizer(make_config, name):
+  # With the discriminator's learning rate at 0, only G changes, and the other way round.
+  for frozen, moving in (('discriminator', 'generator'), ('generator', 'discriminator')):
+    lr = {'gan__d_lr' if frozen == 'discriminator' else 'gan__g_lr': 1e-30}
+    config, state, batch = _state_and_batch(make_config, name, **lr)
+    new, metrics = jax.jit(gan.train_step)(state, batch)
+    chex.assert_trees_all_close(new.params[frozen], state.params[frozen], atol=1e-20)
+    changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), new.params[moving], state.params[moving])
+    assert all(jax.tree.leaves(changed)), changed
+    assert np.isfinite(float(metrics['d_loss'])) and np.isfinite(float(metrics['g_loss']))
+
+
+def test_both_networks_move_and_ema_follows_the_generator(make_config):
+  _, state, batch = _state_and_batch(make_config, 'dcgan', gan__ema_decay=0.5)
+  new, _ = jax.jit(gan.train_step)(state, batch)
+  for part in ('generator', 'discriminator'):
+    assert any(jax.tree.leaves(jax.tree.map(lambda a, b: bool(jnp.any(a != b)),
+                                            new.params[part], state.params[part])))
+  expected = jax.tree.map(lambda old, g: 0.5 * old + 0.5 * g, state.ema_params, new.params['generator'])
+  chex.assert_trees_all_close(new.ema_params, expected, rtol=1e-6)
+  assert new.batch_stats and int(new.step) == 1
+
+
+@pytest.mark.parametrize('loss', ['bce', 'hinge'])
+def test_losses_reward_the_right_side(loss):
+  good_d = gan.d_loss(loss, jnp.full((4,), 5.0), jnp.full((4,), -5.0))
+  bad_d = gan.d_loss(loss, jnp.full((4,), -5.0), jnp.full((4,), 5.0))
+  assert good_d < bad_d
+  assert gan.g_loss(loss, jnp.full((4,), 5.0)) < gan.g_loss(loss, jnp.full((4,), -5.0))
+  if loss == 'bce':  # -log sigmoid(x) and -log(1 - sigmoid(x)) exactly
+    np.testing.assert_allclose(gan.d_loss(loss, jnp.zeros(3), jnp.zeros(3)), 2 * np.log(2), rtol=1e-6)
+
+
+def test_gan_state_checkpoint_round_trip(make_config, tmp_path):
+  _, state, batch = _state_and_batch(make_config, 'cgan')
+  state, _ = jax.jit(gan.train_step)(state, batch)
+  ckpt = checkpoint.Checkpointer(str(tmp_path), 2)
+  ckpt.save(1, state)
+  ckpt.wait()
+  _, fresh, _ = _state_and_batch(make_config, 'cgan')  # the step-0 state as the target
+  step, restored = ckpt.restore(fresh)
+  ckpt.close()
+  assert step == 1 and int(restored.step) == 1
+  chex.assert_trees_all_equal(jax.device_get(jax.tree.leaves(restored)), jax.device_get(jax.tree.leaves(state)))
+
+
+def test_conditional_sample_grid_has_a_row_per_class(make_config):
+  config, state, _ = _state_and_batch(make_config, 'cgan')
+  grid = gan.sample_images(state, config, None)['samples']
+  assert grid.dtype == np.uint8 and grid.shape[0] == 10 * 30 + 2  # 10 rows of 28 px + 2 px borders
+  samples = jax.jit(gan.sample, static_argnums=2)(state, jax.random.PRNGKey(0), 20)
+  assert samples.shape == (20, 28, 28, 1) and 0.0 <= float(samples.min()) <= float(samples.max()) <= 1.0
+
+
+def test_gan_validation_is_one_line(make_config):
+  for overrides, match in ((dict(data__scale='zero_one'), 'minus_one_one'),
+                           (dict(gan__loss='wasserstein'), 'gan.loss'),
+                           (dict(model__name='cnn'), 'not a GAN')):
+    config = make_config('dcgan', **overrides)
+    if overrides.get('model__name') == 'cnn':
+      config.model = config_lib.base().model
+    with pytest.raises(config_lib.ConfigError, match=match):
+      config_lib.validate(config)
+
+
+@pytest.mark.parametrize('name', ['gan', 'dcgan', 'cgan'])
+def test_smoke_preset_end_to_end(make_config, tmp_path, name):
+  final = train.train_and_evaluate(make_config(name), str(tmp_path))
+  assert set(final) >= {'eval/d_loss', 'eval/d_real', 'eval/d_fake'}
+  assert (tmp_path / 'samples' / 'samples_step_6.png').exists()
+  # --mode sample: N PNGs and an .npz from the latest checkpoint (labels cycle for cgan).
+  out = train.sample(make_config(name, sample__n=23), str(tmp_path))
+  assert out['step'] == 6 and len(list((tmp_path / 'samples' / 'step_6').glob('*.png'))) == 23
+  with np.load(tmp_path / 'samples' / 'step_6.npz') as f:
+    assert f['images'].shape == (23, 28, 28, 1) and f['images'].dtype == np.uint8
+    assert (name == 'cgan') == ('labels' in f)
+    if name == 'cgan':
+      np.testing.assert_array_equal(f['labels'], np.arange(23) % 10)
+
+
+# ---------------------------------------------------------------- FD / KID
+
+
+def test_frechet_distance_of_a_set_with_itself_is_zero():
+  f = np.random.default_rng(0).normal(size=(500, 16))
+  assert abs(generative.frechet_distance(f, f)) < 1e-6
+
+
+def test_frechet_distance_matches_the_closed_form_for_gaussians():
+  rng = np.random.default_rng(1)
+  d = 6
+  mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
+  a = rng.normal(size=(d, d))
+  s1 = a @ a.T + np.eye(d)
+  s2 = np.diag(rng.uniform(0.5, 2.0, d))
+  # Commuting case: diagonal covariances give sum((sqrt(v1) - sqrt(v2))^2).
+  v1, v2 = rng.uniform(0.5, 2.0, d), rng.uniform(0.5, 2.0, d)
+  closed = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(v1) - np.sqrt(v2)) ** 2)
+  assert generative.gaussian_frechet_distance(mu1, np.diag(v1), mu2, np.diag(v2)) == pytest.approx(closed)
+  # General case: tr((S1 S2)^1/2) = tr((S2^1/2 S1 S2^1/2)^1/2).
+  r = np.sqrt(s2)
+  w, _ = np.linalg.eigh(r @ s1 @ r)
+  general = np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.sum(np.sqrt(w))
+  assert generative.gaussian_frechet_distance(mu1, s1, mu2, s2) == pytest.approx(general, rel=1e-6)
+  # From samples, the estimate converges to the population value.
+  x = rng.multivariate_normal(mu1, s1, 40000)
+  y = rng.multivariate_normal(mu2, s2, 40000)
+  assert generative.frechet_distance(x, y) == pytest.approx(general, rel=0.05)
+
+
+def test_kid_is_unbiased_on_identical_distributions_and_positive_when_they_differ():
+  rng = np.random.default_rng(2)
+  x, y = rng.normal(size=(2000, 8)), rng.normal(size=(2000, 8))
+  same = generative.kernel_inception_distance(x, y, subsets=20, subset_size=500)
+  shifted = generative.kernel_inception_distance(x, y + 0.5, subsets=20, subset_size=500)
+  assert abs(same) < 0.02 * shifted and shifted > 0
+  # Unbiased: identical sets give ~0 (a biased estimator would give a clearly positive value).
+  assert abs(generative.kernel_inception_distance(x, x, subsets=5, subset_size=1000)) < 0.01 * shifted
+
+
+# ------------------------------------------------------- synthetic training data
+
+
+def test_synthetic_samples_join_or_replace_the_train_split(make_config, tmp_path):
+  from jaxvision.data import pipeline  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  path = str(tmp_path / 'fake.npz')
+  np.savez(path, images=rng.integers(0, 256, (30, 28, 28, 1), dtype=np.uint8), labels=np.arange(30) % 10)
+  real = pipeline.load_split(make_config('cnn').data, 'train')
+  added = pipeline.load_split(make_config('cnn', data__synthetic__path=path).data, 'train')
+  only = pipeline.load_split(make_config('cnn', data__synthetic__path=path, data__synthetic__mode='only').data, 'train')
+  assert (added.size, only.size) == (real.size + 30, 30)
+  np.testing.assert_array_equal(added.read(np.arange(real.size + 28, real.size + 30))['label'], [8, 9])
+  np.testing.assert_array_equal(added.read(np.arange(5))['image'], real.read(np.arange(5))['image'])
+  assert 'synthetic[only]' in only.fingerprint and only.fingerprint != added.fingerprint
+  test = pipeline.load_split(make_config('cnn', data__synthetic__path=path, data__synthetic__mode='only').data, 'test')
+  assert test.size == 2000  # the eval split stays real
+
+  np.savez(path, images=np.zeros((3, 32, 32, 3), np.uint8), labels=np.zeros(3))
+  with pytest.raises(pipeline.DataError, match='uint8 images of \\(32, 32, 3\\)'):
+    pipeline.load_split(make_config('cnn', data__synthetic__path=path).data, 'train')
+  np.savez(path, images=np.zeros((3, 28, 28, 1), np.uint8))
+  with pytest.raises(pipeline.DataError, match='conditional generator'):
+    pipeline.load_split(make_config('cnn', data__synthetic__path=path).data, 'train')
+
+
+class _ImageBank:
+  """A stand-in generator task whose 'samples' are drawn from a fixed bank of images."""
+
+  @staticmethod
+  def sample(state, rng, n, labels=None):
+    del labels
+    return state[jax.random.choice(rng, state.shape[0], (n,), replace=False)]
+
+
+def test_domain_features_separate_real_digits_from_noise(make_config):
+  """FD on the committed domain features: real train digits score near the real floor, noise far off."""
+  from jaxvision.data import pipeline  # pylint: disable=g-import-not-at-top
+  features = generative.DomainFeatures()
+  assert features.info['test_metrics']['eval/accuracy'] >= 0.98
+  config = make_config('dcgan', eval__fd_samples=2000)
+  train_split = pipeline.load_split(config.data, 'train')
+  eval_split = pipeline.load_split(config.data, 'test')
+  metrics = generative.GenerativeMetrics(config, _ImageBank, train_split, eval_split, features)
+  real = jnp.asarray(train_split.read(np.arange(4000))['image'], jnp.float32) / 255.0
+  on_real = metrics(real)
+  noise = jax.random.uniform(jax.random.PRNGKey(0), (2000, 28, 28, 1))
+  on_noise = metrics(noise)
+  floor = on_real['eval/fd_floor']
+  assert 0 < floor and on_real['eval/fd'] < 2.0 * floor + 0.05 * on_noise['eval/fd']
+  assert on_noise['eval/fd'] > 20 * floor and on_noise['eval/kid'] > 20 * abs(on_real['eval/kid'])
+  with pytest.raises(config_lib.ConfigError, match='28x28x1 digits'):
+    bad = dataclasses.replace(train_split, image_shape=(32, 32, 3))
+    generative.GenerativeMetrics(config, _ImageBank, bad, eval_split, features)
+
+
+def test_ema_generator_gets_its_own_batchnorm_statistics(make_config):
+  _, state, batch = _state_and_batch(make_config, 'dcgan')
+  state, _ = jax.jit(gan.train_step)(state, batch)
+  stats = gan.ema_batch_stats(state)
+  # The same pass with momentum 0 leaves exactly the batch statistics in the running averages.
+  model0 = state.model.clone(bn_momentum=0.0)
+  key = jax.random.fold_in(jax.random.PRNGKey(state.opts.seed), gan._STANDING_SALT)  # pylint: disable=protected-access
+  z = jax.random.normal(key, (gan._STANDING_BATCH, model0.latents))  # pylint: disable=protected-access
+  _, updates = model0.apply({'params': {'generator': state.ema_params}, 'batch_stats': state.batch_stats},
+                            z, train=True, method='generate', mutable=['batch_stats'])
+  chex.assert_trees_all_close(stats, updates['batch_stats'], rtol=1e-4, atol=1e-6)
+  same = jax.tree.map(lambda a, b: bool(jnp.allclose(a, b)), stats, state.batch_stats)
+  assert not all(jax.tree.leaves(same))  # not the raw generator's running statistics
