@@ -4,37 +4,24 @@
   python run.py --config configs/attention.py --config.model.tokens=rows
   python run.py --config configs/attention.py:smoke                   # a few steps, for tests
 """
+import os
+
+import ml_collections
+
 from jaxvision import config as config_lib
 
 
 def get_config(preset: str = ''):
-  c = config_lib.base()
-  c.task = 'classification'
-  c.model.name = 'attention'
-  c.model.num_classes = 10
-  c.model.tokens = 'patches'
-  c.model.patch = 4
-  c.model.dim = 128
-  c.model.layers = 1
-  c.model.pool_heads = 4
-  c.model.hidden = 256
-  c.model.dropout = 0.1
-
-  c.data.name = 'mnist10k'
-  c.data.batch_size = 128
-  c.data.augment = 'shift'
-  c.data.shift = 2
-
-  c.optim.name = 'adamw'
+  # The data (mnist10k, +-2 px shifts), AdamW and label smoothing of configs/cnn.py.
+  c = config_lib.from_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'cnn.py'))
+  c.model = ml_collections.ConfigDict({
+      'name': 'attention', 'num_classes': 10, 'tokens': 'patches', 'patch': 4, 'dim': 128,
+      'layers': 1, 'pool_heads': 4, 'hidden': 256, 'dropout': 0.1})
   c.optim.lr = 2e-3
-  c.optim.schedule = 'onecycle'
   c.optim.warmup_frac = 0.2
   c.optim.weight_decay = 0.01
   c.optim.grad_clip = 1.0
-  c.loss.label_smoothing = 0.1
-
   c.train.steps = 2500  # 40 epochs of the 8,000 training images
-  c.train.log_every = 50
   c.train.eval_every = 500
   c.train.ckpt_every = 500
 

@@ -36,12 +36,7 @@ def get_config(preset: str = ''):
   c.train.ckpt_every = 250
 
   if preset == 'smoke':
-    c.train.steps = 6
-    c.train.log_every = 2
-    c.train.eval_every = 3
-    c.train.ckpt_every = 3
-    c.data.batch_size = 32
-    c.data.eval_batch_size = 1000
+    config_lib.smoke(c)
     c.model.features = (8, 16)
     c.model.hidden = 32
   elif preset == 'domain':  # the feature network of eval/fd and eval/kid (jaxvision/assets)

@@ -14,10 +14,12 @@ def get_config(preset: str = ''):
   c.model.name = 'cnn_rnn'
   c.model.num_classes = 37  # 9 * 4 + 1 possible sums
   c.model.input_shape = (4, 28, 28, 1)
-  c.model.features = (32, 64)
+  c.model.features = (16, 32)
   c.model.frame_dim = 128
   c.model.hidden = 128
-  c.model.conv_impl = 'xla'
+  c.model.conv_impl = 'im2col'
+  c.model.norm = True
+  c.model.dropout = (0.25, 0.25)  # after the convs, on the frame features
 
   c.data.name = 'digit_sequences'
   c.data.seq_len = 4
@@ -26,16 +28,17 @@ def get_config(preset: str = ''):
   c.data.shift = 2
 
   c.optim.name = 'adamw'
-  c.optim.lr = 2e-3
+  c.optim.lr = 3e-3
   c.optim.schedule = 'onecycle'
   c.optim.warmup_frac = 0.2
   c.optim.weight_decay = 1e-4
   c.optim.grad_clip = 1.0
+  c.loss.label_smoothing = 0.1
 
-  c.train.steps = 3000  # 192,000 sequences: 4.8 passes over the 40,000 train sequences
+  c.train.steps = 10000  # 640,000 sequences: 16 passes over the 40,000 train sequences
   c.train.log_every = 50
-  c.train.eval_every = 1000
-  c.train.ckpt_every = 500
+  c.train.eval_every = 2500
+  c.train.ckpt_every = 1000
 
   if preset == 'smoke':
     config_lib.smoke(c)

@@ -2,6 +2,7 @@
 
   python run.py --config configs/conv_vae.py          # full offline run on mnist10k
   python run.py --config configs/conv_vae.py:smoke    # a few steps, for tests
+  python run.py --config configs/conv_vae.py:cifar10  # colour: discretised logistic likelihood
 
 Everything else is configs/vae.py.
 """
@@ -11,9 +12,10 @@ from jaxvision import config as config_lib
 
 
 def get_config(preset: str = ''):
-  if preset not in ('', 'smoke'):
-    raise ValueError(f'configs/conv_vae.py has the preset smoke, not {preset!r}')
-  c = config_lib.from_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'vae.py'), preset)
+  if preset not in ('', 'smoke', 'cifar10'):
+    raise ValueError(f'configs/conv_vae.py has the presets smoke and cifar10, not {preset!r}')
+  c = config_lib.from_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'vae.py'),
+                           'smoke' if preset == 'smoke' else '')
   c.model.name = 'vae_conv'
   c.model.conv_impl = 'im2col'
   if preset == 'smoke':
@@ -31,4 +33,17 @@ def get_config(preset: str = ''):
   c.train.log_every = 250
   c.train.eval_every = 3750
   c.train.ckpt_every = 3750
+  if preset == 'cifar10':  # 8-bit colour: discretised logistic per pixel, 128 latents, 100 epochs
+    c.data.name = 'cifar10'
+    c.loss.likelihood = 'logistic'
+    c.model.latents = 128
+    c.model.features = (64, 128, 256)  # 32 -> 16 -> 8 -> 4
+    c.model.hidden = 1024
+    c.data.batch_size = 128
+    c.eval.fd_samples = 0  # the domain features are for digits
+    c.eval.iwae_k = 100
+    c.train.steps = 391 * 100
+    c.train.log_every = 391
+    c.train.eval_every = 391 * 10
+    c.train.ckpt_every = 391 * 5
   return c

@@ -4,37 +4,24 @@
   python run.py --config configs/lstm.py:smoke      # a few steps, for tests
   python run.py --config configs/lstm.py:imdb       # TFDS imdb_reviews as word tokens (prepare it first)
 """
+import os
+
+import ml_collections
+
 from jaxvision import config as config_lib
 
 
 def get_config(preset: str = ''):
-  c = config_lib.base()
-  c.task = 'classification'
-  c.model.name = 'lstm'
-  c.model.num_classes = 10
-  c.model.input_shape = (28, 28, 1)  # 28 time steps of 28 pixels
-  c.model.hidden = 128
-  c.model.layers = 2
-  c.model.bidirectional = True
-  c.model.vocab_size = 0
-  c.model.embed_dim = 128
-  c.model.dropout = 0.1
-
-  c.data.name = 'mnist10k'
-  c.data.batch_size = 128
-  c.data.augment = 'shift'
-  c.data.shift = 2
-
-  c.optim.name = 'adamw'
-  c.optim.lr = 3e-3
-  c.optim.schedule = 'onecycle'
+  # The data (mnist10k, +-2 px shifts), AdamW and label smoothing of configs/cnn.py.
+  c = config_lib.from_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'cnn.py'))
+  c.model = ml_collections.ConfigDict({
+      'name': 'lstm', 'num_classes': 10,
+      'input_shape': (28, 28, 1),  # 28 time steps of 28 pixels
+      'hidden': 128, 'layers': 2, 'bidirectional': True,
+      'vocab_size': 0, 'embed_dim': 128, 'dropout': 0.1})
   c.optim.warmup_frac = 0.2
-  c.optim.weight_decay = 1e-4
   c.optim.grad_clip = 1.0
-  c.loss.label_smoothing = 0.1
-
   c.train.steps = 2500  # 40 epochs of the 8,000 training images
-  c.train.log_every = 50
   c.train.eval_every = 500
   c.train.ckpt_every = 500
 

@@ -28,6 +28,7 @@ def get_config(preset: str = ''):
 
   c.eval.iwae_k = 1000
   c.eval.iwae_chunk = 50
+  c.eval.fd_samples = 8000  # eval/fd, eval/kid (+ their real-data floors) at every eval
 
   c.train.steps = 125000  # 500 epochs of the 8,000 training images
   c.train.log_every = 1000
@@ -35,12 +36,8 @@ def get_config(preset: str = ''):
   c.train.ckpt_every = 25000
 
   if preset == 'smoke':
-    c.train.steps = 6
-    c.train.log_every = 2
-    c.train.eval_every = 3
-    c.train.ckpt_every = 3
-    c.data.batch_size = 32
-    c.data.eval_batch_size = 1000
+    config_lib.smoke(c)
+    c.eval.fd_samples = 0
     c.model.hidden = 64
     c.model.latents = 8
     c.eval.iwae_k = 20

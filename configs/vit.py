@@ -4,37 +4,26 @@
   python run.py --config configs/vit.py:smoke      # a few steps, for tests
   python run.py --config configs/vit.py:cifar10    # ViT-S/4 on TFDS cifar10 (needs the prepared dataset)
 """
+import os
+
+import ml_collections
+
 from jaxvision import config as config_lib
 
 
 def get_config(preset: str = ''):
-  c = config_lib.base()
-  c.task = 'classification'
-  c.model.name = 'vit'
-  c.model.num_classes = 10
-  c.model.patch = 7  # 28x28 -> 16 patches (+ the class token)
-  c.model.dim = 96
-  c.model.depth = 6
-  c.model.heads = 4
-  c.model.mlp_dim = 192
-  c.model.dropout = 0.0
-  c.model.pool = 'cls'
-
-  c.data.name = 'mnist10k'
-  c.data.batch_size = 128
-  c.data.augment = 'shift'
-  c.data.shift = 2
-
-  c.optim.name = 'adamw'
+  # The data (mnist10k, +-2 px shifts), AdamW and label smoothing of configs/cnn.py.
+  c = config_lib.from_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'cnn.py'))
+  c.model = ml_collections.ConfigDict({
+      'name': 'vit', 'num_classes': 10,
+      'patch': 7,  # 28x28 -> 16 patches (+ the class token)
+      'dim': 96, 'depth': 6, 'heads': 4, 'mlp_dim': 192, 'dropout': 0.0, 'pool': 'cls'})
   c.optim.lr = 1e-3
   c.optim.schedule = 'warmup_cosine'
   c.optim.warmup_frac = 0.05
   c.optim.weight_decay = 0.05
   c.optim.grad_clip = 1.0
-  c.loss.label_smoothing = 0.1
-
   c.train.steps = 3750  # 60 epochs of the 8,000 training images
-  c.train.log_every = 50
   c.train.eval_every = 750
   c.train.ckpt_every = 750
 

@@ -64,6 +64,7 @@ def base() -> ml_collections.ConfigDict:
   c.loss.label_smoothing = 0.0
   c.loss.beta = 1.0  # vae: weight of the KL term
   c.loss.kl_warmup_steps = 0  # vae: KL weight ramps from 0 to beta over these steps
+  c.loss.likelihood = 'bernoulli'  # vae: 'bernoulli' (binarised digits) | 'logistic' (8-bit colour)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = 'adamw'

@@ -232,6 +232,7 @@ def _run_info(exp: Experiment) -> dict:
                       'platform': jax.devices()[0].platform, 'kind': jax.devices()[0].device_kind,
                       'mesh': dict(exp.mesh.shape)},
           'data': {'train': exp.train_split.fingerprint, 'eval': exp.eval_split.fingerprint},
+          'num_params': sum(int(x.size) for x in jax.tree_util.tree_leaves(exp.state.params)),
           'init_from': exp.transfer}
 
 

@@ -38,7 +38,7 @@ def test_smoke_run_end_to_end_with_overrides(tmp_path, tfds_dir):
     ('--config.nope=1', "--config.nope: unknown config key 'nope'; keys at the top level: allow_config_change"),
     ('--config.optim.lr=abc', "--config.optim.lr=abc: could not convert string to float: 'abc'"),
     ('--config.data.name=no_such_set', "data.name='no_such_set' is not a TFDS dataset; use data.name=mnist10k"),
-    ('--config.model.name=resnet9000', "model.name='resnet9000' is not allowed; use one of: cnn"),
+    ('--config.model.name=resnet9000', "model.name='resnet9000' is not allowed; use one of: attention, cnn"),
     ('--config.optim.schedule=linear', "optim.schedule='linear' is not allowed; use one of: constant"),
     ('--config.data.batch_size=12', 'data.batch_size=12 must be divisible by the 8 batch shards'),
     ('--config.mesh.data=3', 'mesh {'),

@@ -45,9 +45,10 @@ def test_cnn_rnn_encodes_frames_in_one_batched_call():
   variables = model.init(jax.random.PRNGKey(1), x, train=False)
   chex.assert_shape(model.apply(variables, x, train=False), (2, 13))
   encoder = cnn_rnn.FrameEncoder((4, 8), 16)
-  enc_vars = {'params': variables['params']['frames']}
-  batched = encoder.apply(enc_vars, x.reshape(6, 28, 28, 1)).reshape(2, 3, 16)
-  one_by_one = jnp.stack([jnp.stack([encoder.apply(enc_vars, x[b, t][None])[0] for t in range(3)])
+  enc_vars = {'params': variables['params']['frames'], 'batch_stats': variables['batch_stats']['frames']}
+  batched = encoder.apply(enc_vars, x.reshape(6, 28, 28, 1), train=False).reshape(2, 3, 16)
+  one_by_one = jnp.stack([jnp.stack([encoder.apply(enc_vars, x[b, t][None], train=False)[0]
+                                     for t in range(3)])
                           for b in range(2)])
   np.testing.assert_allclose(batched, one_by_one, rtol=1e-5, atol=1e-6)
 

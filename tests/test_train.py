@@ -33,6 +33,9 @@ def test_workdir_contract(finished_run):
   assert info['config']['model']['name'] == 'cnn'
   assert info['devices']['count'] == 8 and info['devices']['mesh']['data'] == 8
   assert info['data']['train'].startswith('mnist10k/1.0.0/train/n=8000')
+  # smoke CNN: conv 3x3x1x8 + conv 3x3x8x16 + fc 2304x32 (no biases: BatchNorm scale+bias
+  # instead, 2 x (8 + 16 + 32)) + head 32x10 + 10
+  assert info['num_params'] == 72 + 1152 + 2304 * 32 + 2 * (8 + 16 + 32) + 330
   assert len(info['final_params_sha256']) == 64 and info['final_step'] == config.train.steps
   assert {'jax', 'flax', 'optax', 'orbax-checkpoint'} <= set(info['versions'])
   events = _read_jsonl(workdir)

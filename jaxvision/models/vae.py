@@ -4,8 +4,12 @@ Every VAE here has the same interface (the task in `jaxvision/tasks/vae.py`
 relies on it):
 
     mean, logvar = model.apply(v, x, y, method='encode')   # q(z|x[,y]), f32[B, latents] each
-    logits = model.apply(v, z, y, method='decode')         # f32[B, *image_shape]
-    logits, mean, logvar = model.apply(v, x, y)             # decode(mean): for init
+    out = model.apply(v, z, y, method='decode')            # f32[B, H, W, C * outputs]
+    out, mean, logvar = model.apply(v, x, y)                # decode(mean): for init
+
+`outputs` is the number of decoder outputs per pixel channel: 1 for Bernoulli
+logits, 2 for a discretised logistic (means, then log-scales); the task sets it
+from `loss.likelihood`.
 
 `y` (int labels, i32[B]) is used by the conditional model and must be None for
 the others (class attribute `conditional`). `image_shape` is the shape the
@@ -51,6 +55,7 @@ class MLPVAE(nn.Module):
   latents: int = 20
   hidden: int = 500
   image_shape: tuple[int, ...] = (28, 28, 1)
+  outputs: int = 1
   conditional: ClassVar[bool] = False
 
   def setup(self):
@@ -58,7 +63,7 @@ class MLPVAE(nn.Module):
     self.enc_mean = nn.Dense(self.latents, name='enc_mean')
     self.enc_logvar = nn.Dense(self.latents, name='enc_logvar')
     self.dec_hidden = nn.Dense(self.hidden, name='dec_hidden')
-    self.dec_out = nn.Dense(math.prod(self.image_shape), name='dec_out')
+    self.dec_out = nn.Dense(math.prod(self.image_shape) * self.outputs, name='dec_out')
 
   def _with_label(self, h, y):
     return h
@@ -74,8 +79,9 @@ class MLPVAE(nn.Module):
   def decode(self, z, y=None):
     chex.assert_shape(z, (None, self.latents))
     _check_labels(y, z.shape[0], self.conditional)
-    h = nn.relu(self.dec_hidden(self._with_label(z, y)))
-    return self.dec_out(h).reshape(z.shape[0], *self.image_shape)
+    hidden = nn.relu(self.dec_hidden(self._with_label(z, y)))
+    height, width, channels = self.image_shape
+    return self.dec_out(hidden).reshape(z.shape[0], height, width, channels * self.outputs)
 
   def __call__(self, x, y=None):
     mean, logvar = self.encode(x, y)
@@ -93,12 +99,13 @@ class ConditionalVAE(MLPVAE):
 class ConvVAE(nn.Module):
   """Encoder: stride-2 convs `features`, then `hidden` dense (0 = none).
   Decoder: `hidden` dense, dense to (H/4, W/4, features[-1]), then one sub-pixel
-  upsampling conv per stride-2 encoder conv, the last one to the pixels' logits,
-  plus a learned per-pixel logit bias."""
+  upsampling conv per stride-2 encoder conv, the last one to the pixels' outputs,
+  plus a learned per-pixel output bias."""
   latents: int = 32
   features: tuple[int, ...] = (32, 64)
   hidden: int = 0
   image_shape: tuple[int, ...] = (28, 28, 1)
+  outputs: int = 1
   conv_impl: str = 'im2col'
   conditional: ClassVar[bool] = False
 
@@ -116,9 +123,9 @@ class ConvVAE(nn.Module):
     self.enc_logvar = nn.Dense(self.latents, name='enc_logvar')
     self.dec_hidden = nn.Dense(self.hidden, name='dec_hidden') if self.hidden else None
     self.dec_in = nn.Dense((h // down) * (w // down) * self.features[-1], name='dec_in')
-    outs = list(self.features[:-1][::-1]) + [c]
+    outs = list(self.features[:-1][::-1]) + [c * self.outputs]
     self.dec_convs = [conv(4 * f, 1, f'dec_conv{i}') for i, f in enumerate(outs)]
-    self.pixel_bias = self.param('pixel_bias', nn.initializers.zeros_init(), self.image_shape)
+    self.pixel_bias = self.param('pixel_bias', nn.initializers.zeros_init(), (h, w, c * self.outputs))
 
   def encode(self, x, y=None):
     chex.assert_shape(x, (None, *self.image_shape))
@@ -135,7 +142,7 @@ class ConvVAE(nn.Module):
   def decode(self, z, y=None):
     chex.assert_shape(z, (None, self.latents))
     _check_labels(y, z.shape[0], False)
-    h, w, _ = self.image_shape
+    h, w, c = self.image_shape
     down = 2 ** len(self.features)
     x = nn.relu(self.dec_hidden(z)) if self.dec_hidden is not None else z
     x = nn.relu(self.dec_in(x)).reshape(z.shape[0], h // down, w // down, self.features[-1])
@@ -143,7 +150,7 @@ class ConvVAE(nn.Module):
       x = depth_to_space(conv(x))
       if i < len(self.dec_convs) - 1:
         x = nn.relu(x)
-    chex.assert_shape(x, (z.shape[0], *self.image_shape))
+    chex.assert_shape(x, (z.shape[0], h, w, c * self.outputs))
     return x + self.pixel_bias
 
   def __call__(self, x, y=None):

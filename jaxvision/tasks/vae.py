@@ -4,15 +4,20 @@
     state, metrics = train_step(state, batch)   # batch: image f32[B,H,W,C] in [0,1], label i32[B]
     sums = eval_step(state, batch)              # neg_elbo, recon, kl (nats) summed + count
     sums = final_eval_step(state, batch)        # the same, plus nll_iwae when eval.iwae_k > 0
-    images = sample(state, rng, n, labels=None) # Bernoulli means f32[n,H,W,C]
+    images = sample(state, rng, n, labels=None) # mean images f32[n,H,W,C] in [0, 1]
     grids = sample_images(state, config, eval_batch)  # uint8 grids, written by the loop
 
-Likelihood: Bernoulli logits on binarised pixels. Training binarises
-dynamically, with a key from `fold_in(state.rng, state.step)`. Evaluation
-binarises each test image once and for all: its key is a fixed key folded
-with a hash of the image's bytes, so every eval (and every eval batch size,
-sharding or resume) sees the same binary test set and the same posterior
-samples, and eval numbers are comparable.
+Likelihood (`loss.likelihood`):
+* 'bernoulli' (default, for digits): logits on binarised pixels. Training
+  binarises dynamically, with a key from `fold_in(state.rng, state.step)`.
+  Evaluation binarises each test image once and for all: its key is a fixed key
+  folded with a hash of the image's bytes, so every eval (and every eval batch
+  size, sharding or resume) sees the same binary test set and the same
+  posterior samples, and eval numbers are comparable.
+* 'logistic' (for colour images): the 8-bit pixels themselves under a per-pixel
+  logistic discretised into 256 bins (Salimans et al. 2017, without the
+  mixture); the decoder gives a mean and a log-scale per pixel channel. Nats
+  per image here are of 8-bit data: bits/dim = nats / (H*W*C * ln 2).
 
 loss = recon + beta_t * KL, per image, where recon = -log p(x|z) with one
 reparameterised z ~ q(z|x), KL = KL(q(z|x) || N(0, I)) in closed form and
@@ -49,6 +54,7 @@ class StepOptions:
   kl_warmup_steps: int = 0
   iwae_k: int = 0
   iwae_chunk: int = 50
+  likelihood: str = 'bernoulli'
   seed: int = 0
   lr: Any = None  # the learning-rate schedule, logged as train/lr
 
@@ -64,11 +70,17 @@ class VAEState:
   opts: StepOptions = struct.field(pytree_node=False)
 
 
+LIKELIHOODS = ('bernoulli', 'logistic')
+
+
 def validate(config) -> None:
   """Task-specific config checks (called by `config.validate`); one-line ConfigError."""
   from jaxvision.config import ConfigError  # pylint: disable=g-import-not-at-top
+  if config.loss.likelihood not in LIKELIHOODS:
+    raise ConfigError(f'loss.likelihood={config.loss.likelihood!r} is not allowed; use one of: '
+                      f'{", ".join(LIKELIHOODS)}')
   if config.data.scale != 'zero_one':
-    raise ConfigError(f'task vae binarises pixels and needs data.scale=zero_one, '
+    raise ConfigError(f'task vae models 8-bit pixels in [0, 1] and needs data.scale=zero_one, '
                       f'not {config.data.scale!r}')
   if not hasattr(models.MODELS[config.model.name], 'conditional'):
     vaes = sorted(k for k, v in models.MODELS.items() if hasattr(v, 'conditional'))
@@ -79,11 +91,13 @@ def validate(config) -> None:
 
 
 def init(config, rng, sample_batch) -> VAEState:
-  model = models.get(config.model).clone(image_shape=tuple(sample_batch['image'].shape[1:]))
+  likelihood = str(config.loss.likelihood)
+  model = models.get(config.model).clone(image_shape=tuple(sample_batch['image'].shape[1:]),
+                                         outputs=2 if likelihood == 'logistic' else 1)
   tx, lr = optim.make(config.optim, config.train.steps, tuple(config.freeze))
   opts = StepOptions(beta=float(config.loss.beta), kl_warmup_steps=int(config.loss.kl_warmup_steps),
                      iwae_k=int(config.eval.iwae_k), iwae_chunk=int(config.eval.iwae_chunk),
-                     seed=int(config.seed), lr=lr)
+                     likelihood=likelihood, seed=int(config.seed), lr=lr)
   init_rng, state_rng = jax.random.split(rng)
   params = model.init(init_rng, sample_batch['image'], _labels(model, sample_batch))['params']
   return VAEState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
@@ -108,6 +122,38 @@ def log_bernoulli(logits, x) -> jax.Array:
   return -jnp.sum(optax.sigmoid_binary_cross_entropy(logits, x), axis=axes)
 
 
+def log_discretized_logistic(out, x) -> jax.Array:
+  """log P(x | out) of 8-bit pixels x in [0, 1] (C channels) under a logistic per pixel channel,
+  discretised into 256 bins; out[..., :C] are the means and out[..., C:] the log-scales, both in
+  the units of x mapped to [-1, 1]. Summed over the last three axes (H, W, C)."""
+  c = x.shape[-1]
+  mean, log_scale = out[..., :c], jnp.maximum(out[..., c:], -7.0)
+  centred = 2.0 * x - 1.0 - mean
+  inv_scale = jnp.exp(-log_scale)
+  upper = inv_scale * (centred + 1.0 / 255.0)  # bin edges, half a bin (1/255) either side
+  lower = inv_scale * (centred - 1.0 / 255.0)
+  log_cdf_upper = upper - jax.nn.softplus(upper)  # log sigmoid: the bin of 0 takes (-inf, upper]
+  log_survival_lower = -jax.nn.softplus(lower)  # log (1 - sigmoid): the bin of 255 takes [lower, inf)
+  delta = jax.nn.sigmoid(upper) - jax.nn.sigmoid(lower)
+  middle = inv_scale * centred  # a bin too narrow for the difference: density times the bin width
+  log_density = middle - log_scale - 2.0 * jax.nn.softplus(middle) + math.log(2.0 / 255.0)
+  log_bin = jnp.where(delta > 1e-5, jnp.log(jnp.maximum(delta, 1e-12)), log_density)
+  log_p = jnp.where(x < 0.5 / 255.0, log_cdf_upper, jnp.where(x > 254.5 / 255.0, log_survival_lower, log_bin))
+  return jnp.sum(log_p, axis=tuple(range(x.ndim - 3, x.ndim)))
+
+
+def log_likelihood(likelihood: str, out, x) -> jax.Array:
+  """log p(x | decoder output), summed per image."""
+  return log_bernoulli(out, x) if likelihood == 'bernoulli' else log_discretized_logistic(out, x)
+
+
+def mean_image(likelihood: str, out) -> jax.Array:
+  """The decoder's mean image in [0, 1]: Bernoulli means, or the logistic's (clipped) means."""
+  if likelihood == 'bernoulli':
+    return jax.nn.sigmoid(out)
+  return jnp.clip((out[..., :out.shape[-1] // 2] + 1.0) / 2.0, 0.0, 1.0)
+
+
 def kl_to_standard_normal(mean, logvar) -> jax.Array:
   """KL(N(mean, exp(logvar)) || N(0, I)), summed over the last axis."""
   return 0.5 * jnp.sum(jnp.exp(logvar) + mean ** 2 - 1.0 - logvar, axis=-1)
@@ -118,12 +164,12 @@ def log_normal(z, mean, logvar) -> jax.Array:
   return -0.5 * jnp.sum(_LOG_2PI + logvar + (z - mean) ** 2 * jnp.exp(-logvar), axis=-1)
 
 
-def _elbo_terms(model, params, x, y, eps):
+def _elbo_terms(model, params, x, y, eps, likelihood: str):
   """Per-image recon = -log p(x|z) at z = mean + std * eps, and the analytic KL."""
   mean, logvar = model.apply({'params': params}, x, y, method='encode')
   z = mean + jnp.exp(0.5 * logvar) * eps
-  logits = model.apply({'params': params}, z, y, method='decode')
-  return -log_bernoulli(logits, x), kl_to_standard_normal(mean, logvar)
+  out = model.apply({'params': params}, z, y, method='decode')
+  return -log_likelihood(likelihood, out, x), kl_to_standard_normal(mean, logvar)
 
 
 def _image_keys(images, seed: int):
@@ -142,7 +188,14 @@ def binarize_eval(images, seed: int):
       keys, images).astype(jnp.float32), keys
 
 
-def nll_iwae(model, params, x, y, keys, k: int, chunk: int) -> jax.Array:
+def observe_eval(images, opts: StepOptions):
+  """What the likelihood scores of a test image (binarised once, or the pixels), and its keys."""
+  if opts.likelihood == 'bernoulli':
+    return binarize_eval(images, opts.seed)
+  return images, _image_keys(images, opts.seed)
+
+
+def nll_iwae(model, params, x, y, keys, k: int, chunk: int, likelihood: str = 'bernoulli') -> jax.Array:
   """Per-image IWAE bound with k samples (keys: one per image), chunk samples at a time."""
   b = x.shape[0]
   mean, logvar = model.apply({'params': params}, x, y, method='encode')
@@ -153,9 +206,9 @@ def nll_iwae(model, params, x, y, keys, k: int, chunk: int) -> jax.Array:
     eps = jax.vmap(lambda key: jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, 1), i),
                                                  (chunk, mean.shape[-1])))(keys)
     z = mean[:, None] + std[:, None] * eps
-    logits = model.apply({'params': params}, z.reshape(b * chunk, -1), y_rep, method='decode')
-    logits = logits.reshape(b, chunk, *x.shape[1:])
-    log_px = log_bernoulli(logits, jnp.broadcast_to(x[:, None], logits.shape))
+    out = model.apply({'params': params}, z.reshape(b * chunk, -1), y_rep, method='decode')
+    out = out.reshape(b, chunk, *out.shape[1:])
+    log_px = log_likelihood(likelihood, out, jnp.broadcast_to(x[:, None], (b, chunk, *x.shape[1:])))
     return log_px + log_normal(z, 0.0, 0.0) - log_normal(z, mean[:, None], logvar[:, None])
 
   logw = jax.lax.map(log_weights, jnp.arange(k // chunk))  # [k/chunk, b, chunk]
@@ -175,13 +228,15 @@ def kl_weight(opts: StepOptions, step) -> jax.Array:
 def train_step(state: VAEState, batch) -> tuple[VAEState, dict]:
   _check_batch(batch)
   bin_rng, z_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
-  x = jax.random.bernoulli(bin_rng, batch['image']).astype(jnp.float32)
+  x = batch['image']
+  if state.opts.likelihood == 'bernoulli':  # dynamic binarisation
+    x = jax.random.bernoulli(bin_rng, x).astype(jnp.float32)
   y = _labels(state.model, batch)
   eps = jax.random.normal(z_rng, (x.shape[0], state.model.latents))
   beta = kl_weight(state.opts, state.step)
 
   def loss_fn(params):
-    recon, kl = _elbo_terms(state.model, params, x, y, eps)
+    recon, kl = _elbo_terms(state.model, params, x, y, eps, state.opts.likelihood)
     return jnp.mean(recon + beta * kl), (recon, kl)
 
   (loss, (recon, kl)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -196,15 +251,16 @@ def train_step(state: VAEState, batch) -> tuple[VAEState, dict]:
 
 def _eval(state: VAEState, batch, iwae: bool) -> dict:
   _check_batch(batch)
-  x, keys = binarize_eval(batch['image'], state.opts.seed)
+  x, keys = observe_eval(batch['image'], state.opts)
   y = _labels(state.model, batch)
   eps = jax.vmap(lambda key: jax.random.normal(jax.random.fold_in(key, 2), (state.model.latents,)))(keys)
-  recon, kl = _elbo_terms(state.model, state.params, x, y, eps)
+  recon, kl = _elbo_terms(state.model, state.params, x, y, eps, state.opts.likelihood)
   mask = batch['mask']
   sums = {'neg_elbo': jnp.sum((recon + kl) * mask), 'recon': jnp.sum(recon * mask),
           'kl': jnp.sum(kl * mask), 'count': jnp.sum(mask)}
   if iwae and state.opts.iwae_k:
-    nll = nll_iwae(state.model, state.params, x, y, keys, state.opts.iwae_k, state.opts.iwae_chunk)
+    nll = nll_iwae(state.model, state.params, x, y, keys, state.opts.iwae_k, state.opts.iwae_chunk,
+                   state.opts.likelihood)
     sums['nll_iwae'] = jnp.sum(nll * mask)
   return sums
 
@@ -220,11 +276,12 @@ def final_eval_step(state: VAEState, batch) -> dict:
 
 
 def sample(state: VAEState, rng, n: int, labels=None) -> jax.Array:
-  """n images (Bernoulli means in [0, 1]) decoded from z ~ N(0, I)."""
+  """n mean images in [0, 1] decoded from z ~ N(0, I)."""
   if state.model.conditional and labels is None:
     labels = jnp.arange(n) % state.model.num_classes
   z = jax.random.normal(rng, (n, state.model.latents))
-  return jax.nn.sigmoid(state.model.apply({'params': state.params}, z, labels, method='decode'))
+  return mean_image(state.opts.likelihood,
+                    state.model.apply({'params': state.params}, z, labels, method='decode'))
 
 
 # ------------------------------------------------------------------- grids
@@ -243,7 +300,7 @@ def fixed_latents(config, n: int, latents: int) -> jax.Array:
 
 @jax.jit
 def _decode_probs(state: VAEState, z, y):
-  return jax.nn.sigmoid(state.model.apply({'params': state.params}, z, y, method='decode'))
+  return mean_image(state.opts.likelihood, state.model.apply({'params': state.params}, z, y, method='decode'))
 
 
 @jax.jit
@@ -272,7 +329,7 @@ def sample_images(state: VAEState, config, batch) -> dict:
     raise ValueError(f'sample_images needs {need} eval images per process, got {real.shape[0]}; '
                      f'raise data.eval_batch_size')
   y_real = jnp.asarray(labels) if model.conditional else None
-  x_bin, _ = binarize_eval(jnp.asarray(real), config.seed)
+  x_bin, _ = observe_eval(jnp.asarray(real), state.opts)
   recon = _decode_probs(state, _encode_mean(state, x_bin, y_real), y_real)
   pairs = np.stack([np.asarray(x_bin).reshape(_RECON_ROWS, _COLS, *real.shape[1:]),
                     np.asarray(recon).reshape(_RECON_ROWS, _COLS, *real.shape[1:])], axis=1)

@@ -1,0 +1,45 @@
+"""Every config file has a `smoke` preset that validates, and unknown presets are refused."""
+import glob
+import os
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, load_config
+from jaxvision import config as config_lib
+from jaxvision import train
+
+NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 'configs', '*.py')))
+# Configs whose smoke preset needs a path the user supplies, and the one-line error without it.
+NEEDS = {'cas': ('data__synthetic__path', 'data.synthetic.mode=only needs data.synthetic.path')}
+
+
+def _fake_samples(path):
+  rng = np.random.default_rng(0)
+  np.savez(path, images=rng.integers(0, 256, (64, 28, 28, 1), dtype=np.uint8), labels=np.arange(64) % 10)
+  return str(path)
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_smoke_preset_validates_and_runs_few_steps(name, tmp_path):
+  config = load_config(name)
+  if name in NEEDS:
+    key, message = NEEDS[name]
+    with pytest.raises(config_lib.ConfigError, match=message):
+      config_lib.validate(config)
+    config = load_config(name, **{key: _fake_samples(tmp_path / 'samples.npz')})
+  config_lib.validate(config)
+  assert config.train.steps <= 10, f'configs/{name}.py:smoke trains {config.train.steps} steps'
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_unknown_preset_is_refused(name):
+  with pytest.raises(ValueError, match='no_such_preset'):
+    load_config(name, 'no_such_preset')
+
+
+def test_cas_smoke_trains_only_on_the_samples_and_tests_on_real_digits(make_config, tmp_path):
+  config = make_config('cas', data__synthetic__path=_fake_samples(tmp_path / 'samples.npz'))
+  final = train.train_and_evaluate(config, str(tmp_path / 'w'))
+  # Noise images with cycling labels carry no information about real digits: near chance.
+  assert final['eval/accuracy'] < 0.3 and np.isfinite(final['eval/loss'])
