@@ -6,8 +6,12 @@ batches and random keys an uninterrupted one would. Restore targets carry
 their shardings, so a checkpoint restores onto whatever mesh the run has now.
 A latest checkpoint that cannot be read (truncated or missing files) is
 skipped with one warning naming it, and the previous step is used; nothing
-is deleted.
+is deleted. A save that fails on an OS error (disk full, unwritable workdir),
+in the call or in the background write, raises `SaveError`, one line; Orbax
+writes a step to a temporary directory and renames it when complete, so the
+steps saved before stay intact.
 """
+import contextlib
 import logging
 
 import grain
@@ -15,6 +19,21 @@ import jax
 import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
+
+
+class SaveError(Exception):
+  """A checkpoint could not be written; the message is one line with the fix."""
+
+
+def _os_error(e: BaseException) -> OSError | None:
+  """The OSError behind an exception (orbax wraps the errors of its write threads), if any."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    if isinstance(e, OSError):
+      return e
+    seen.add(id(e))
+    e = e.__cause__ or e.__context__
+  return None
 
 
 class Checkpointer:
@@ -35,7 +54,8 @@ class Checkpointer:
     items = {'state': ocp.args.StandardSave(state)}
     if data_iterator is not None:
       items['data'] = grain.checkpoint.CheckpointSave(data_iterator)
-    self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+    with self._os_errors(step):
+      self._manager.save(step, args=ocp.args.Composite(**items), force=True)
 
   def restore(self, state_template, data_iterator=None, step: int | None = None):
     """Restores the newest readable step (or `step`) into the template's shapes
@@ -60,7 +80,22 @@ class Checkpointer:
     return None, state_template
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    with self._os_errors(None):
+      self._manager.wait_until_finished()
+
+  @contextlib.contextmanager
+  def _os_errors(self, step: int | None):
+    try:
+      yield
+    except Exception as e:  # pylint: disable=broad-except
+      cause = _os_error(e)
+      if cause is None:
+        raise
+      good = [s for s in self.all_steps() if step is None or s < step]
+      kept = f'steps {good} are intact' if good else 'no earlier checkpoint exists'
+      raise SaveError(f'could not write a checkpoint{"" if step is None else f" of step {step}"} in '
+                      f'{self._manager.directory}: {type(cause).__name__}: {cause}; free disk space '
+                      f'or fix the workdir permissions, then run the same command again ({kept})') from e
 
   def close(self) -> None:
     self._manager.close()

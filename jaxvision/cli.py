@@ -7,6 +7,7 @@ from absl import flags, logging
 
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3  # a NaN/Inf train metric; the last good checkpoint is kept
+EXIT_SAVE_FAILED = 4  # a checkpoint could not be written (disk full, unwritable); earlier steps intact
 EXIT_PREEMPTED = 143  # 128 + SIGTERM, as if the signal had ended the process
 
 
@@ -54,6 +55,30 @@ def parse_flags(argv):
     _fail(message.replace('flag --config.', '--config.'))
 
 
+def _cluster_environment() -> bool:
+  """A multi-process job whose environment jax.distributed can read: a SLURM job of several tasks
+  or a TPU pod slice of several hosts."""
+  return (int(os.environ.get('SLURM_NTASKS', '1') or 1) > 1
+          or ',' in os.environ.get('TPU_WORKER_HOSTNAMES', ''))
+
+
+def init_distributed(coordinator_address: str | None, num_processes: int | None,
+                     process_id: int | None) -> None:
+  """jax.distributed.initialize, before any other JAX call, when this is one process of many: the
+  three flags together, or a cluster environment. A single-process run does nothing."""
+  given = [v is not None for v in (coordinator_address, num_processes, process_id)]
+  if any(given) and not all(given):
+    _fail('--coordinator_address, --num_processes and --process_id go together: give all three '
+          '(or none in a SLURM job or on a TPU pod slice)')
+  if not (all(given) or _cluster_environment()):
+    return
+  if all(given) and not 0 <= process_id < num_processes:
+    _fail(f'--process_id={process_id} must be in [0, --num_processes={num_processes})')
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')  # CPU devices across processes
+  jax.distributed.initialize(coordinator_address, num_processes, process_id)
+
+
 def config_name(config_flag) -> str:
   """'configs/cnn.py:smoke' -> 'cnn_smoke' (the default workdir is runs/<this>)."""
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
@@ -69,6 +94,7 @@ def run(config, workdir: str, mode: str) -> int:
   from jaxvision.data import pipeline  # pylint: disable=g-import-not-at-top
   if not flags.FLAGS['verbosity'].present:  # orbax's INFO chatter off; --verbosity=0 brings it back
     logging.set_verbosity(logging.WARNING)
+  from jaxvision import checkpoint  # pylint: disable=g-import-not-at-top
   one_line = (config_lib.ConfigError, pipeline.DataError, parallel.MeshError, train.WorkdirError)
   try:
     if mode == 'train':
@@ -85,6 +111,9 @@ def run(config, workdir: str, mode: str) -> int:
   except train.Diverged as e:
     print(f'error: {e}', file=sys.stderr)
     return EXIT_DIVERGED
+  except checkpoint.SaveError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return EXIT_SAVE_FAILED
   except train.Preempted as e:
     print(str(e), file=sys.stderr)
     return EXIT_PREEMPTED

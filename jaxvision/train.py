@@ -33,7 +33,8 @@ from jaxvision.data import pipeline
 # Keys that may change between a run and its resumption without changing the result.
 RESUMABLE_KEYS = ('allow_config_change', 'train.progress', 'data.read_threads', 'data.tfds_dir',
                   'train.log_every', 'train.eval_every', 'sample.n', 'debug_nans',
-                  'explain.n', 'explain.steps')
+                  'explain.n', 'explain.steps',
+                  'mesh.data', 'mesh.fsdp', 'mesh.model')  # a checkpoint restores onto any mesh
 PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'tensorflow-datasets', 'grain',
             'chex', 'ml-collections', 'numpy')
 
@@ -134,6 +135,9 @@ def _versions() -> dict:
 def params_sha256(params) -> str:
   """Bitwise fingerprint of a params PyTree (names, dtypes, shapes and bytes)."""
   h = hashlib.sha256()
+  if not all(x.is_fully_addressable for x in jax.tree_util.tree_leaves(params)):
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    params = multihost_utils.process_allgather(params, tiled=True)  # collective: every process calls
   for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(params))[0]:
     leaf = np.asarray(leaf)
     h.update(f'{jax.tree_util.keystr(path)}:{leaf.dtype}:{leaf.shape};'.encode())
@@ -324,10 +328,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   if start >= cfg.steps:  # nothing left to train: report the restored state
     final = run_eval(exp, state, final=True)
+  sha = params_sha256(state.params)
   if is_main:
     writers.write_json(run_json, {**writers.read_json(run_json),
                                   'final_step': int(jax.device_get(state.step)),
-                                  'final_params_sha256': params_sha256(state.params),
+                                  'final_params_sha256': sha,
                                   'final_metrics': final})
   return final
 

@@ -37,3 +37,20 @@ def load_config(name: str, preset: str = 'smoke', tfds_dir: str = '', **override
 @pytest.fixture
 def make_config(tfds_dir):
   return lambda name, preset='smoke', **kw: load_config(name, preset, tfds_dir, **kw)
+
+
+@pytest.fixture(scope='session')
+def reference_run(tmp_path_factory, tfds_dir):
+  """reference_run(name): the workdir of one uninterrupted run of configs/<name>.py:smoke on the
+  8 devices, made once per session and shared; tests read it and must not write to it."""
+  from jaxvision import train  # pylint: disable=g-import-not-at-top
+  done = {}
+
+  def get(name: str) -> str:
+    if name not in done:
+      workdir = str(tmp_path_factory.mktemp(f'reference_{name}'))
+      train.train_and_evaluate(load_config(name, 'smoke', tfds_dir), workdir)
+      done[name] = workdir
+    return done[name]
+
+  return get

@@ -19,7 +19,7 @@ def _read_jsonl(workdir):
 
 @pytest.fixture(scope='module')
 def finished_run(tmp_path_factory, tfds_dir):
-  """One uninterrupted smoke run, shared by the tests that only read it."""
+  """One uninterrupted smoke run, for the tests here (`--mode eval` appends to its metrics)."""
   from conftest import load_config  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path_factory.mktemp('run'))
   config = load_config('cnn', 'smoke', tfds_dir)

@@ -186,12 +186,14 @@ def _per_process(global_batch: int) -> int:
 def train_dataset(config, split: Split) -> grain.IterDataset:
   """Infinite, reshuffled-every-epoch stream of this process's training batches."""
   local = _per_process(config.data.batch_size)
+  rows = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
+  # Global batch s is the s-th slice of the stream, whatever the process count; this process
+  # reads its contiguous block of rows, the block its devices hold in the global array.
   ds = (grain.MapDataset.range(split.size)
         .shuffle(seed=config.seed)
         .repeat()
-        [jax.process_index()::jax.process_count()]
-        .batch(local, drop_remainder=True)
-        .map(lambda idx: preprocess(split.read(np.asarray(idx)), config.data.scale)))
+        .batch(config.data.batch_size, drop_remainder=True)
+        .map(lambda idx: preprocess(split.read(np.asarray(idx)[rows]), config.data.scale)))
   return ds.to_iter_dataset(grain.ReadOptions(num_threads=config.data.read_threads,
                                               prefetch_buffer_size=8))
 

@@ -1,0 +1,131 @@
+"""Data parallel vs FSDP vs one device: the same training, state sharded by one size rule."""
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from conftest import ROOT
+from jaxvision import parallel, train, writers
+
+# The smoke runs of three tasks, compared across meshes. Their results differ only by the order
+# of floating-point reductions (gradient sums, BatchNorm statistics), amplified a little by Adam.
+TOLERANCE = dict(rtol=2e-4, atol=2e-5)
+
+
+def test_fsdp_rule_splits_the_largest_divisible_axis_of_large_leaves():
+  n = 4
+  assert parallel.fsdp_spec((2304, 32), n) == P('fsdp', None)
+  assert parallel.fsdp_spec((3, 3, 64, 128), n) == P(None, None, None, 'fsdp')
+  assert parallel.fsdp_spec((4098, 7), n) == P()  # no axis divides by 4
+  assert parallel.fsdp_spec((4098, 8), n) == P(None, 'fsdp')  # the largest that does
+  assert parallel.fsdp_spec((64, 64), n) == P(None, 'fsdp')  # ties: the later (output) axis
+  assert parallel.fsdp_spec((10,), n) == P() and parallel.fsdp_spec((), n) == P()  # small: replicated
+  assert parallel.fsdp_spec((2304, 32), 1) == P()  # fsdp=1: data parallel
+
+
+def _final_params(exp_config, workdir):
+  exp = train.setup(exp_config, workdir)
+  _, state = train.restore_latest(exp)
+  return exp, jax.device_get(state.params)
+
+
+MESHES = {'fsdp8': dict(mesh__data=1, mesh__fsdp=8), 'dp2_fsdp4': dict(mesh__data=2, mesh__fsdp=4)}
+
+
+@pytest.mark.parametrize('name, meshes', [('cnn', ('fsdp8', 'dp2_fsdp4')), ('dcgan', ('fsdp8',)),
+                                          ('vae', ('fsdp8',))])
+def test_fsdp_trains_like_data_parallel_with_the_state_sharded(make_config, reference_run, tmp_path, name,
+                                                               meshes):
+  runs = {'dp8': _final_params(make_config(name), reference_run(name))}  # mesh.data=-1: 8 devices
+  for label, mesh in ((m, MESHES[m]) for m in meshes):
+    config = make_config(name, **mesh)
+    workdir = str(tmp_path / label)
+    train.train_and_evaluate(config, workdir)
+    runs[label] = _final_params(config, workdir)
+  exp, reference = runs['dp8']
+  assert all(leaf.sharding.spec == P() for leaf in jax.tree_util.tree_leaves(exp.state.params))
+  exp, _ = runs['fsdp8']
+  specs = [leaf.sharding.spec for leaf in jax.tree_util.tree_leaves(exp.state.params)]
+  assert P() in specs and any('fsdp' in s for s in specs)  # small leaves replicated, large ones split
+  for label in meshes:
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **TOLERANCE), runs[label][1], reference)
+
+
+def _run_on_one_device(*args):
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=1'}
+  proc = subprocess.run([sys.executable, 'run.py', *args], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  return proc
+
+
+def test_checkpoints_move_between_one_device_and_eight_fsdp_shards(make_config, reference_run, tmp_path,
+                                                                    tfds_dir):
+  common = ['--config', 'configs/cnn.py:smoke', f'--config.data.tfds_dir={tfds_dir}']
+  # Written on 1 device, restored FSDP-sharded on 8: the same params as 8 devices trained.
+  one = str(tmp_path / 'one_device')
+  _run_on_one_device(*common, '--workdir', one)
+  assert writers.read_json(os.path.join(one, 'run.json'))['devices']['count'] == 1
+  fsdp = make_config('cnn', mesh__data=1, mesh__fsdp=8)
+  exp, restored = _final_params(fsdp, one)
+  assert any('fsdp' in leaf.sharding.spec for leaf in jax.tree_util.tree_leaves(exp.state.params))
+  _, trained = _final_params(make_config('cnn'), reference_run('cnn'))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **TOLERANCE), restored, trained)
+  # Written FSDP-sharded on 8, evaluated on 1 device: the metrics of the run that wrote it.
+  eight = str(tmp_path / 'eight_fsdp_shards')
+  train.train_and_evaluate(fsdp, eight)
+  proc = _run_on_one_device(*common, '--workdir', eight, '--mode', 'eval')
+  final = writers.read_json(os.path.join(eight, 'run.json'))['final_metrics']
+  printed = dict(kv.split('=') for kv in proc.stdout.split() if kv.startswith('eval/'))
+  assert float(printed['eval/accuracy']) == pytest.approx(final['eval/accuracy'], abs=1e-6)
+  assert float(printed['eval/loss']) == pytest.approx(final['eval/loss'], rel=1e-4)
+
+
+def test_fsdp_per_device_memory_falls_as_one_over_n():
+  """The compiled step's per-device argument bytes (benchmarks/fsdp_memory.py, a small ViT)."""
+  sys.path.insert(0, ROOT)
+  from benchmarks import fsdp_memory  # pylint: disable=g-import-not-at-top
+  config = fsdp_memory.vit_config(32, patch=4, dim=128, depth=2, heads=4, mlp_dim=512, num_classes=10)
+  dp = {n: fsdp_memory.measure(config, n, False, 2)['arguments'] for n in (1, 8)}
+  fsdp = {n: fsdp_memory.measure(config, n, True, 2)['arguments'] for n in (1, 2, 4, 8)}
+  assert dp[8] >= 0.95 * dp[1]  # data parallel: every device holds the whole state
+  for n in (2, 4, 8):
+    assert fsdp[1] / n <= fsdp[n] <= 1.25 * fsdp[1] / n, (n, fsdp)
+
+
+def _free_port() -> int:
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_train_like_one_process_with_all_the_devices(make_config, reference_run, tmp_path,
+                                                                   tfds_dir):
+  """jax.distributed on 127.0.0.1: 2 processes x 4 devices vs 1 process x 8 devices."""
+  from jaxvision.data import pipeline  # pylint: disable=g-import-not-at-top
+  pipeline.load_split(make_config('cnn').data, 'train')  # prepared before two processes race for it
+  workdir, port = str(tmp_path / 'two_processes'), _free_port()
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=4'}
+  procs = [subprocess.Popen([sys.executable, 'run.py', '--config', 'configs/cnn.py:smoke', '--workdir',
+                             workdir, f'--config.data.tfds_dir={tfds_dir}',
+                             f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
+                             f'--process_id={i}'], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for i in range(2)]
+  try:
+    outs = [p.communicate(timeout=240) for p in procs]
+  finally:
+    for p in procs:  # always stopped, whatever happened
+      p.kill()
+      p.wait()
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  info = writers.read_json(os.path.join(workdir, 'run.json'))
+  assert info['devices']['count'] == 8 and info['devices']['processes'] == 2
+  _, two = _final_params(make_config('cnn'), workdir)  # restored here on 1 process x 8 devices
+  _, one = _final_params(make_config('cnn'), reference_run('cnn'))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **TOLERANCE), two, one)
