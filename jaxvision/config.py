@@ -89,6 +89,7 @@ def base() -> ml_collections.ConfigDict:
   c.eval.iwae_k = 0  # vae: importance samples of eval/nll_iwae at the final eval; 0 = off
   c.eval.iwae_chunk = 50  # samples per image decoded at once; must divide eval.iwae_k
   c.eval.fd_samples = 0  # generative tasks: samples for eval/fd and eval/kid at every eval; 0 = off
+  c.eval.inception_weights = ''  # with fd_samples: an .npz of Inception-v3 variables -> eval/fid
 
   c.explain = ml_collections.ConfigDict()
   c.explain.n = 16  # --mode explain: test images explained

@@ -231,3 +231,29 @@ def test_ema_generator_gets_its_own_batchnorm_statistics(make_config):
   chex.assert_trees_all_close(stats, updates['batch_stats'], rtol=1e-4, atol=1e-6)
   same = jax.tree.map(lambda a, b: bool(jnp.allclose(a, b)), stats, state.batch_stats)
   assert not all(jax.tree.leaves(same))  # not the raw generator's running statistics
+
+
+def test_inception_fid_path_on_random_weights(tmp_path):
+  """The optional FID network: a user-supplied weights file, 2048-d features, FID symmetric and ~0
+  on a set against itself; a wrong file is refused in one line. (75x75 input to keep it fast.)"""
+  from jaxvision.config import ConfigError  # pylint: disable=g-import-not-at-top
+  from jaxvision.models import inception  # pylint: disable=g-import-not-at-top
+  variables = jax.jit(inception.InceptionV3(resize=75).init)(jax.random.PRNGKey(0),
+                                                             jnp.zeros((1, 75, 75, 3)))
+  flat = generative.flatten_variables(variables)
+  # torchvision's inception_v3: 27,161,264 params, less fc (2,049,000) and AuxLogits (3,326,696)
+  assert sum(v.size for k, v in flat.items() if k.startswith('params/')) == 27_161_264 - 2_049_000 - 3_326_696
+  path = str(tmp_path / 'inception.npz')
+  np.savez(path, **flat)
+  features = generative.InceptionFeatures(path, batch=6, resize=75)
+  rng = np.random.default_rng(0)
+  a, b = rng.uniform(size=(12, 28, 28, 1)), rng.uniform(size=(12, 32, 32, 3)) ** 2
+  fa, fb = features(a), features(b)
+  assert fa.shape == (12, 2048) and fb.shape == (12, 2048) and np.isfinite(fa).all()
+  assert generative.frechet_distance(fa, fb) == pytest.approx(generative.frechet_distance(fb, fa), rel=1e-9)
+  assert abs(generative.frechet_distance(fa, fa)) < 1e-6 * generative.frechet_distance(fa, fb)
+  del flat['params/Mixed_7c/branch_pool/conv/kernel']
+  np.savez(path, **flat)
+  with pytest.raises(ConfigError, match='Mixed_7c/branch_pool/conv/kernel is missing') as e:
+    generative.InceptionFeatures(path)
+  assert '\n' not in str(e.value)

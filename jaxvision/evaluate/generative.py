@@ -11,8 +11,11 @@ a generator reports
   eval/fd_floor  FD(real train images, real test images): what a perfect generator would score,
   eval/kid_floor with the same sample sizes, so `fd / fd_floor` is the honest figure.
 
-An Inception-v3 FID is out of scope here (no weights can be downloaded); the
-distances below take any feature matrices.
+With `eval.inception_weights` = an .npz of Inception-v3 variables that the user
+supplies (nothing can be downloaded here; see `models/inception.py`), every eval
+also reports the usual FID on the 2048-d pool features, `eval/fid`, with its
+real-train vs real-test `eval/fid_floor`; for any image size and 1 or 3 channels.
+It is 6 GFLOPs an image: a GPU's job for thousands of samples.
 """
 import json
 import os
@@ -21,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvision.models import cnn
+from jaxvision.models import cnn, inception
 
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'assets')
 DOMAIN_WEIGHTS = os.path.join(ASSETS, 'mnist10k_domain_cnn.npz')
@@ -93,11 +96,39 @@ class DomainFeatures:
     return np.concatenate(out)
 
 
+class InceptionFeatures:
+  """Inception-v3 pool features of images in [0, 1] (any size, 1 or 3 channels) -> f32[n, 2048],
+  from a user-supplied .npz of its variables ('params/Mixed_5b/branch1x1/conv/kernel', ...,
+  'batch_stats/.../bn/mean'), checked against the model before any compute."""
+
+  def __init__(self, path: str, batch: int = 50, resize: int = 299):
+    from jaxvision.config import ConfigError  # pylint: disable=g-import-not-at-top
+    if not os.path.isfile(path):
+      raise ConfigError(f'eval.inception_weights={path!r} is not a file; give an .npz of Inception-v3 '
+                        f'variables or leave eval.inception_weights empty')
+    self.model = inception.InceptionV3(resize=resize)
+    want = flatten_variables(jax.eval_shape(self.model.init, jax.random.PRNGKey(0),
+                                            jnp.zeros((1, 75, 75, 3))))
+    with np.load(path) as f:
+      flat = {k: np.asarray(v) for k, v in f.items()}
+    for key, spec in want.items():
+      if key not in flat or flat[key].shape != spec.shape:
+        got = 'missing' if key not in flat else f'of shape {flat[key].shape}'
+        raise ConfigError(f'eval.inception_weights={path}: {key} is {got}, Inception-v3 needs '
+                          f'{spec.shape}; convert the weights with the names of models/inception.py')
+    variables = _unflatten({k: flat[k].astype(np.float32) for k in want})
+    self._batch = batch
+    self._fn = jax.jit(lambda x: self.model.apply(variables, x))
+
+  __call__ = DomainFeatures.__call__
+
+
 def flatten_variables(variables) -> dict:
   """{'params': {'Conv_0': {'kernel': ...}}} -> {'params/Conv_0/kernel': ...} for np.savez."""
   flat = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(variables))[0]:
-    flat['/'.join(p.key for p in path)] = np.asarray(leaf)
+  for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]:
+    flat['/'.join(p.key for p in path)] = (leaf if isinstance(leaf, jax.ShapeDtypeStruct)
+                                           else np.asarray(jax.device_get(leaf)))
   return flat
 
 
@@ -117,20 +148,30 @@ class GenerativeMetrics:
 
   def __init__(self, config, task, train_split, eval_split, features: DomainFeatures | None = None):
     from jaxvision.config import ConfigError  # pylint: disable=g-import-not-at-top
-    if tuple(train_split.image_shape) != (28, 28, 1):
+    self.inception = (InceptionFeatures(config.eval.inception_weights)
+                      if config.eval.inception_weights else None)
+    digits = tuple(train_split.image_shape) == (28, 28, 1)
+    if not digits and self.inception is None:
       raise ConfigError(f'eval.fd_samples={config.eval.fd_samples} needs 28x28x1 digits (the domain '
                         f'features are a digit classifier), not {config.data.name} images of '
-                        f'{train_split.image_shape}; set --config.eval.fd_samples=0')
-    if features is None and not os.path.exists(DOMAIN_WEIGHTS):
+                        f'{train_split.image_shape}; set --config.eval.fd_samples=0 or give '
+                        f'--config.eval.inception_weights')
+    if digits and features is None and not os.path.exists(DOMAIN_WEIGHTS):
       raise ConfigError(f'eval.fd_samples needs the domain feature network {DOMAIN_WEIGHTS}, which is '
                         f'missing; reinstall jaxvision or set --config.eval.fd_samples=0')
-    self.features = features or DomainFeatures()
+    self.features = (features or DomainFeatures()) if digits else None
     self.task, self.n, self.seed = task, int(config.eval.fd_samples), int(config.seed)
     read_all = lambda split: split.read(np.arange(split.size))['image'].astype(np.float32) / 255.0
-    self.real_eval = self.features(read_all(eval_split))
-    real_train = self.features(read_all(train_split))
-    self.floor = {'eval/fd_floor': frechet_distance(real_train, self.real_eval),
-                  'eval/kid_floor': kernel_inception_distance(real_train, self.real_eval)}
+    real_eval, real_train = read_all(eval_split), read_all(train_split)
+    self.real, self.floor = {}, {}
+    if self.features is not None:
+      self.real['domain'] = self.features(real_eval)
+      train_features = self.features(real_train)
+      self.floor = {'eval/fd_floor': frechet_distance(train_features, self.real['domain']),
+                    'eval/kid_floor': kernel_inception_distance(train_features, self.real['domain'])}
+    if self.inception is not None:
+      self.real['inception'] = self.inception(real_eval)
+      self.floor['eval/fid_floor'] = frechet_distance(self.inception(real_train), self.real['inception'])
     self._sample = jax.jit(task.sample, static_argnums=2)
 
   def __call__(self, state) -> dict:
@@ -138,9 +179,15 @@ class GenerativeMetrics:
     chunk = 500
     images = [np.asarray(self._sample(state, jax.random.fold_in(key, i), chunk))
               for i in range(-(-self.n // chunk))]
-    fake = self.features(np.concatenate(images)[:self.n])
-    return {'eval/fd': frechet_distance(fake, self.real_eval),
-            'eval/kid': kernel_inception_distance(fake, self.real_eval), **self.floor}
+    images = np.concatenate(images)[:self.n]
+    out = dict(self.floor)
+    if self.features is not None:
+      fake = self.features(images)
+      out['eval/fd'] = frechet_distance(fake, self.real['domain'])
+      out['eval/kid'] = kernel_inception_distance(fake, self.real['domain'])
+    if self.inception is not None:
+      out['eval/fid'] = frechet_distance(self.inception(images), self.real['inception'])
+    return out
 
 
 def export_domain_features(workdir: str, path: str = DOMAIN_WEIGHTS) -> dict:
