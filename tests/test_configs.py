@@ -7,7 +7,7 @@ import pytest
 
 from conftest import ROOT, load_config
 from jaxvision import config as config_lib
-from jaxvision import train
+from jaxvision import train, writers
 
 NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 'configs', '*.py')))
 # Configs whose smoke preset needs a path the user supplies, and the one-line error without it.
@@ -43,3 +43,14 @@ def test_cas_smoke_trains_only_on_the_samples_and_tests_on_real_digits(make_conf
   final = train.train_and_evaluate(config, str(tmp_path / 'w'))
   # Noise images with cycling labels carry no information about real digits: near chance.
   assert final['eval/accuracy'] < 0.3 and np.isfinite(final['eval/loss'])
+  info = writers.read_json(str(tmp_path / 'w' / 'run.json'))
+  assert '+synthetic[only]/n=64/' in info['data']['train']
+
+
+def test_augment_smoke_adds_the_samples_to_1000_real_digits(make_config, tmp_path):
+  config = make_config('augment', data__synthetic__path=_fake_samples(tmp_path / 'samples.npz'),
+                       data__synthetic__mode='add')
+  final = train.train_and_evaluate(config, str(tmp_path / 'w'))
+  assert np.isfinite(final['eval/loss'])
+  train_data = writers.read_json(str(tmp_path / 'w' / 'run.json'))['data']['train']
+  assert 'per_class=100' in train_data and 'synthetic[add]' in train_data
