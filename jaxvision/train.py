@@ -135,7 +135,7 @@ def _versions() -> dict:
 def params_sha256(params) -> str:
   """Bitwise fingerprint of a params PyTree (names, dtypes, shapes and bytes)."""
   h = hashlib.sha256()
-  if not all(x.is_fully_addressable for x in jax.tree_util.tree_leaves(params)):
+  if not all(getattr(x, 'is_fully_addressable', True) for x in jax.tree_util.tree_leaves(params)):
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     params = multihost_utils.process_allgather(params, tiled=True)  # collective: every process calls
   for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(params))[0]:

@@ -238,15 +238,16 @@ def test_inception_fid_path_on_random_weights(tmp_path):
   on a set against itself; a wrong file is refused in one line. (75x75 input to keep it fast.)"""
   from jaxvision.config import ConfigError  # pylint: disable=g-import-not-at-top
   from jaxvision.models import inception  # pylint: disable=g-import-not-at-top
-  variables = jax.jit(inception.InceptionV3(resize=75).init)(jax.random.PRNGKey(0),
-                                                             jnp.zeros((1, 75, 75, 3)))
-  flat = generative.flatten_variables(variables)
+  shapes = generative.flatten_variables(jax.eval_shape(inception.InceptionV3(resize=75).init,
+                                                      jax.random.PRNGKey(0), jnp.zeros((1, 75, 75, 3))))
+  rng = np.random.default_rng(0)  # random weights, without compiling the initialiser
+  flat = {k: (np.ones(v.shape, np.float32) if k.endswith(('/var', '/scale'))
+              else rng.normal(0.0, 0.05, v.shape).astype(np.float32)) for k, v in shapes.items()}
   # torchvision's inception_v3: 27,161,264 params, less fc (2,049,000) and AuxLogits (3,326,696)
   assert sum(v.size for k, v in flat.items() if k.startswith('params/')) == 27_161_264 - 2_049_000 - 3_326_696
   path = str(tmp_path / 'inception.npz')
   np.savez(path, **flat)
   features = generative.InceptionFeatures(path, batch=6, resize=75)
-  rng = np.random.default_rng(0)
   a, b = rng.uniform(size=(12, 28, 28, 1)), rng.uniform(size=(12, 32, 32, 3)) ** 2
   fa, fb = features(a), features(b)
   assert fa.shape == (12, 2048) and fb.shape == (12, 2048) and np.isfinite(fa).all()
