@@ -54,3 +54,17 @@ def test_bad_input_fails_fast_with_one_line(tmp_path, tfds_dir, override, messag
   assert len(lines) == 1 and lines[0].startswith('error: ') and message in lines[0], lines
   assert seconds < 10
   assert os.listdir(workdir) == ['keep.txt']  # nothing written, nothing lost
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--num_processes=2'], '--coordinator_address, --num_processes and --process_id go together'),
+    (['--coordinator_address=127.0.0.1:1', '--num_processes=2', '--process_id=2'],
+     '--process_id=2 must be in [0, --num_processes=2)'),
+])
+def test_bad_multihost_flags_fail_with_one_line(tmp_path, tfds_dir, flags, message):
+  workdir = tmp_path / 'w'
+  proc, _ = _run('--config', 'configs/cnn.py:smoke', '--workdir', str(workdir),
+                 f'--config.data.tfds_dir={tfds_dir}', *flags)
+  lines = [l for l in proc.stderr.splitlines() if l.strip()]
+  assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(f'error: {message}'), lines
+  assert not workdir.exists()

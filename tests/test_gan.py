@@ -258,3 +258,6 @@ def test_inception_fid_path_on_random_weights(tmp_path):
   with pytest.raises(ConfigError, match='Mixed_7c/branch_pool/conv/kernel is missing') as e:
     generative.InceptionFeatures(path)
   assert '\n' not in str(e.value)
+  with pytest.raises(ConfigError, match="eval.inception_weights='/no/such.npz' is not a file") as e:
+    generative.InceptionFeatures('/no/such.npz')
+  assert '\n' not in str(e.value)

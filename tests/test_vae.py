@@ -216,6 +216,7 @@ def test_grids():
     ({'eval__iwae_k': -1}, 'eval.iwae_k=-1'),
     ({'model': None}, 'is not a VAE'),
     ({'loss__beta': -1.0}, 'loss.beta'),
+    ({'loss__likelihood': 'gaussian'}, "loss.likelihood='gaussian' is not allowed; use one of: bernoulli, logistic"),
 ])
 def test_bad_configs_are_one_line_errors(make_config, override, message):
   if 'model' in override:

@@ -72,18 +72,8 @@ def kernel_inception_distance(f1: np.ndarray, f2: np.ndarray, subsets: int = 50,
   return float(total / subsets)
 
 
-class DomainFeatures:
-  """The committed digit classifier as a feature map: images in [0, 1], f32[n, 28, 28, 1] -> [n, d]."""
-
-  def __init__(self, path: str = DOMAIN_WEIGHTS, batch: int = 500):
-    with np.load(path) as f:
-      flat = {k: np.asarray(v) for k, v in f.items()}
-    with open(os.path.splitext(path)[0] + '.json', encoding='utf-8') as f:
-      self.info = json.load(f)
-    variables = _unflatten(flat)
-    model = cnn.CNN(**{k: tuple(v) if isinstance(v, list) else v for k, v in self.info['model'].items()})
-    self._batch = batch
-    self._fn = jax.jit(lambda x: model.apply(variables, x, train=False, features=True))
+class _BatchedFeatures:
+  """A jitted feature map `self._fn` applied in fixed-size batches of `self._batch` images."""
 
   def __call__(self, images) -> np.ndarray:
     images = np.asarray(images, np.float32)
@@ -96,7 +86,21 @@ class DomainFeatures:
     return np.concatenate(out)
 
 
-class InceptionFeatures:
+class DomainFeatures(_BatchedFeatures):
+  """The committed digit classifier as a feature map: images in [0, 1], f32[n, 28, 28, 1] -> [n, d]."""
+
+  def __init__(self, path: str = DOMAIN_WEIGHTS, batch: int = 500):
+    with np.load(path) as f:
+      flat = {k: np.asarray(v) for k, v in f.items()}
+    with open(os.path.splitext(path)[0] + '.json', encoding='utf-8') as f:
+      self.info = json.load(f)
+    variables = _unflatten(flat)
+    model = cnn.CNN(**{k: tuple(v) if isinstance(v, list) else v for k, v in self.info['model'].items()})
+    self._batch = batch
+    self._fn = jax.jit(lambda x: model.apply(variables, x, train=False, features=True))
+
+
+class InceptionFeatures(_BatchedFeatures):
   """Inception-v3 pool features of images in [0, 1] (any size, 1 or 3 channels) -> f32[n, 2048],
   from a user-supplied .npz of its variables ('params/Mixed_5b/branch1x1/conv/kernel', ...,
   'batch_stats/.../bn/mean'), checked against the model before any compute."""
@@ -119,8 +123,6 @@ class InceptionFeatures:
     variables = _unflatten({k: flat[k].astype(np.float32) for k in want})
     self._batch = batch
     self._fn = jax.jit(lambda x: self.model.apply(variables, x))
-
-  __call__ = DomainFeatures.__call__
 
 
 def flatten_variables(variables) -> dict:
