@@ -59,6 +59,7 @@ def base() -> ml_collections.ConfigDict:
   c.data.synthetic = ml_collections.ConfigDict()
   c.data.synthetic.path = ''  # .npz of generated, labelled images (--mode sample) for the train split
   c.data.synthetic.mode = 'add'  # 'add' to the real train split, or use 'only' them (CAS)
+  c.data.synthetic.real_fraction = 0.0  # mode=add: repeat the real images to about this share (0: once)
 
   c.loss = ml_collections.ConfigDict()
   c.loss.label_smoothing = 0.0
@@ -105,6 +106,7 @@ def base() -> ml_collections.ConfigDict:
   c.gan.g_lr = 0.0  # 0 = optim.lr
   c.gan.d_lr = 0.0  # 0 = optim.lr
 
+  c.parallel = 'jit'  # 'jit' (shardings from the mesh) or 'pmap' (data parallel over all devices)
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # -1: all devices not used by the other axes
   c.mesh.fsdp = 1
@@ -148,6 +150,9 @@ def validate(config) -> None:
   _choice(config, 'data.synthetic.mode', ('add', 'only'))
   if config.data.synthetic.mode == 'only' and not config.data.synthetic.path:
     raise ConfigError('data.synthetic.mode=only needs data.synthetic.path (an .npz from --mode sample)')
+  if not 0.0 <= config.data.synthetic.real_fraction < 1.0:
+    raise ConfigError(f'data.synthetic.real_fraction={config.data.synthetic.real_fraction} must be in '
+                      f'[0, 1) (e.g. 0.5 for half real, half generated; 0 to add the real images once)')
   if config.data.augment == 'inception_crop' and config.data.image_size <= 0:
     raise ConfigError('data.augment=inception_crop needs data.image_size > 0 (e.g. 224)')
   if config.eval.iwae_k < 0 or config.eval.iwae_chunk <= 0:
@@ -163,6 +168,10 @@ def validate(config) -> None:
     size = config.mesh[axis]
     if size == 0 or size < -1:
       raise ConfigError(f'mesh.{axis}={size} must be a positive axis size or -1 (all remaining devices)')
+  _choice(config, 'parallel', ('jit', 'pmap'))
+  if config.parallel == 'pmap' and (config.mesh.fsdp != 1 or config.mesh.model != 1):
+    raise ConfigError(f'parallel=pmap is data parallel only, but mesh.fsdp={config.mesh.fsdp}, '
+                      f'mesh.model={config.mesh.model}; set them to 1 or use parallel=jit')
 
 
 def smoke(c: ml_collections.ConfigDict, batch_size: int = 32) -> ml_collections.ConfigDict:

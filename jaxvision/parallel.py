@@ -9,16 +9,32 @@ largest axis that N divides (FSDP / ZeRO-3), the rest stay replicated. XLA
 inserts the all-gathers and reduce-scatters; there are no hand-written
 collectives. The step functions are written once and sharded from outside, by
 `jax.jit(in_shardings=..., out_shardings=...)`.
+
+The pmap path (`config.parallel='pmap'`, data parallel only) runs the same step
+functions under `jax.pmap` over the axis `PMAP_AXIS`, each device on its rows
+of the global batch. Three things make it train like the jit path (equal up to
+the order of floating-point reductions), and all three are no-ops under jit:
+`batch_mean` (the task's gradients and metrics: `lax.pmean`), `batch_axis`
+(BatchNorm statistics over the global batch: flax's `axis_name`) and
+`batch_rows` (every random draw with a batch dimension — augmentation,
+dropout, latents — is drawn at the global batch size and each device keeps
+its own rows, so it gets the numbers the jit path gives those rows).
 """
+import contextlib
+import contextvars
+import dataclasses
 import math
 
 import jax
 import numpy as np
+from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 AXES = ('data', 'fsdp', 'model')
 BATCH_AXES = ('data', 'fsdp')
 FSDP_MIN_SIZE = 2 ** 12  # smaller leaves stay replicated: splitting them saves less than it costs
+PMAP_AXIS = 'batch'
+PARALLEL = ('jit', 'pmap')
 
 
 class MeshError(ValueError):
@@ -93,3 +109,89 @@ def step_memory(step_fn, abstract_state, abstract_batch: dict, mesh: Mesh) -> di
   stats = compiled.memory_analysis()
   return {'arguments': int(stats.argument_size_in_bytes), 'outputs': int(stats.output_size_in_bytes),
           'temporaries': int(stats.temp_size_in_bytes)}
+
+
+# ------------------------------------------------------------------ the pmap path
+
+
+@dataclasses.dataclass(frozen=True)
+class _Split:
+  axis_name: str
+  devices: int  # how many ways the global batch is split
+  stacked: int = 1  # the local batch is this many global batches' rows, one after the other
+
+
+_SPLIT = contextvars.ContextVar('jaxvision_batch_split', default=None)
+
+
+@contextlib.contextmanager
+def split_batch(axis_name: str, devices: int):
+  """While tracing a per-device step under pmap: the batch is split `devices` ways over
+  `axis_name`, device i holding the i-th contiguous block of rows."""
+  token = _SPLIT.set(_Split(axis_name, devices))
+  try:
+    yield
+  finally:
+    _SPLIT.reset(token)
+
+
+@contextlib.contextmanager
+def stacked_batches(count: int):
+  """Inside a per-device step: the batch being processed is `count` batches concatenated
+  (e.g. a discriminator on [real; fake]), so draws keep each one's rows."""
+  split = _SPLIT.get()
+  token = _SPLIT.set(None if split is None else dataclasses.replace(split, stacked=count))
+  try:
+    yield
+  finally:
+    _SPLIT.reset(token)
+
+
+def batch_axis() -> str | None:
+  """The named axis the batch is split over (for BatchNorm's `axis_name`); None under jit."""
+  split = _SPLIT.get()
+  return None if split is None else split.axis_name
+
+
+def batch_mean(tree):
+  """The mean over the devices of per-device batch means: the global batch mean (identity under jit)."""
+  split = _SPLIT.get()
+  return tree if split is None else lax.pmean(tree, split.axis_name)
+
+
+def batch_rows(draw, shape):
+  """`draw(shape)` (a random array whose axis 0 runs over the batch) as the jit path draws it:
+  under pmap it is drawn for the global batch and this device keeps its rows."""
+  split = _SPLIT.get()
+  if split is None:
+    return draw(tuple(shape))
+  local = shape[0] // split.stacked
+  full = draw((split.stacked * split.devices * local, *shape[1:]))
+  full = full.reshape(split.stacked, split.devices * local, *shape[1:])
+  mine = lax.dynamic_slice_in_dim(full, lax.axis_index(split.axis_name) * local, local, axis=1)
+  return mine.reshape(shape)
+
+
+def pmap_step(step_fn, devices: int, donate: bool = True):
+  """`step_fn(state, batch)` under `jax.pmap`: state replicated with a leading device axis (see
+  `replicate`), batch [devices, rows per device, ...]; metrics come back per device."""
+  def per_device(state, batch):
+    with split_batch(PMAP_AXIS, devices):
+      return step_fn(state, batch)
+  return jax.pmap(per_device, axis_name=PMAP_AXIS, donate_argnums=(0,) if donate else ())
+
+
+def replicate(tree, mesh: Mesh):
+  """A replicated (jit-path) state -> one copy per local device stacked on a leading axis, for
+  `pmap_step`; the copies are the arrays' own per-device buffers, nothing is moved."""
+  sharding = NamedSharding(Mesh(np.asarray(mesh.devices).reshape(-1), (PMAP_AXIS,)), P(PMAP_AXIS))
+  count = mesh.devices.size
+  return jax.tree.map(lambda x: jax.make_array_from_single_device_arrays(
+      (count, *x.shape), sharding, [s.data[None] for s in x.addressable_shards]), tree)
+
+
+def unreplicate(tree, mesh: Mesh):
+  """The inverse of `replicate`: per-device copies -> one array replicated over `mesh`."""
+  sharding = replicated(mesh)
+  return jax.tree.map(lambda x: jax.make_array_from_single_device_arrays(
+      x.shape[1:], sharding, [s.data.reshape(x.shape[1:]) for s in x.addressable_shards]), tree)

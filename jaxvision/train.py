@@ -34,7 +34,7 @@ from jaxvision.data import pipeline
 RESUMABLE_KEYS = ('allow_config_change', 'train.progress', 'data.read_threads', 'data.tfds_dir',
                   'train.log_every', 'train.eval_every', 'sample.n', 'debug_nans',
                   'explain.n', 'explain.steps',
-                  'mesh.data', 'mesh.fsdp', 'mesh.model')  # a checkpoint restores onto any mesh
+                  'mesh.data', 'mesh.fsdp', 'mesh.model', 'parallel')  # a checkpoint restores onto any mesh
 PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'tensorflow-datasets', 'grain',
             'chex', 'ml-collections', 'numpy')
 
@@ -77,6 +77,22 @@ class Experiment:
   final_eval_step: object  # eval_step, or the task's final_eval_step
   generative: object = None  # evaluate.generative.GenerativeMetrics when eval.fd_samples > 0
   transfer: dict | None = None  # what init_from loaded (recorded in run.json)
+  pmap: bool = False  # config.parallel == 'pmap': train_step takes the state `place`d
+
+  def place(self, state):
+    """The state as `train_step` takes it (under pmap: one copy per device)."""
+    return parallel.replicate(state, self.mesh) if self.pmap else state
+
+  def unplace(self, state):
+    """The inverse of `place`: the state as checkpoints, evals and samples take it."""
+    return parallel.unreplicate(state, self.mesh) if self.pmap else state
+
+  def train_batch(self, local_batch: dict) -> dict:
+    """This process's rows of a batch as `train_step` takes them."""
+    if self.pmap:
+      n = jax.local_device_count()
+      return jax.tree.map(lambda x: x.reshape(n, x.shape[0] // n, *x.shape[1:]), local_batch)
+    return parallel.to_global(local_batch, self.batch_sharding)
 
 
 def _flat(config) -> dict:
@@ -189,8 +205,15 @@ def setup(config, workdir: str) -> Experiment:
     state = state.replace(params=params, opt_state=state.tx.init(params),
                           **({'batch_stats': batch_stats} if hasattr(state, 'batch_stats') else {}))
     state = jax.device_put(state, state_sharding)
-  train_step = jax.jit(task.train_step, in_shardings=(state_sharding, batch_sharding),
-                       out_shardings=(state_sharding, replicated), donate_argnums=0)
+  pmap = config.parallel == 'pmap'
+  if pmap and jax.process_count() > 1:
+    raise config_lib.ConfigError(f'parallel=pmap runs in one process, this job has {jax.process_count()}; '
+                                 f'use parallel=jit (the default) for multi-host training')
+  if pmap:
+    train_step = _pmap_train_step(task.train_step, mesh.devices.size)
+  else:
+    train_step = jax.jit(task.train_step, in_shardings=(state_sharding, batch_sharding),
+                         out_shardings=(state_sharding, replicated), donate_argnums=0)
   eval_step = jax.jit(task.eval_step, in_shardings=(state_sharding, batch_sharding),
                       out_shardings=replicated)
   final_eval_step = eval_step
@@ -202,7 +225,17 @@ def setup(config, workdir: str) -> Experiment:
     from jaxvision.evaluate import generative as generative_lib  # pylint: disable=g-import-not-at-top
     generative = generative_lib.GenerativeMetrics(config, task, train_split, eval_split)
   return Experiment(config, workdir, mesh, task, train_split, eval_split, state, train_step,
-                    eval_step, batch_sharding, final_eval_step, generative, transfer_info)
+                    eval_step, batch_sharding, final_eval_step, generative, transfer_info, pmap)
+
+
+def _pmap_train_step(step_fn, devices: int):
+  """The task's train step under `parallel.pmap_step`, with the metrics of device 0 (all devices
+  hold the same: they are `batch_mean`s or functions of the replicated state)."""
+  stepped = parallel.pmap_step(step_fn, devices)
+  def train_step(state, batch):
+    state, metrics = stepped(state, batch)
+    return state, jax.tree.map(lambda m: m[0], metrics)
+  return train_step
 
 
 def run_eval(exp: Experiment, state, final: bool = False) -> dict:
@@ -271,7 +304,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   data_iter = iter(pipeline.train_dataset(exp.config, exp.train_split))
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), cfg.keep_ckpts)
   start, state = ckpt.restore(exp.state, data_iter)
-  start = start or 0
+  start, state = start or 0, exp.place(state)
   run_json = os.path.join(workdir, 'run.json')
   if is_main:
     os.makedirs(workdir, exist_ok=True)
@@ -289,8 +322,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   try:
     with _SigtermFlag() as sigterm:
       for step in range(start + 1, cfg.steps + 1):
-        batch = parallel.to_global(next(data_iter), exp.batch_sharding)
-        state, metrics = exp.train_step(state, batch)
+        state, metrics = exp.train_step(state, exp.train_batch(next(data_iter)))
         history.append(metrics)
         if t_last is None:  # first step: compilation
           jax.block_until_ready(metrics)
@@ -309,11 +341,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
                           ips=f'{scalars.get("perf/images_per_sec", 0):.0f}')
         if step % cfg.ckpt_every == 0 or step == cfg.steps or sigterm.raised:
           check_finite(history, step - len(history) + 1)  # never checkpoint a diverged state
-          ckpt.save(step, state, data_iter)  # before the eval: a failing eval loses no training
+          ckpt.save(step, exp.unplace(state), data_iter)  # before the eval: a failing eval loses no training
         if step % cfg.eval_every == 0 or step == cfg.steps:
-          final = run_eval(exp, state, final=step == cfg.steps)
+          current = exp.unplace(state)
+          final = run_eval(exp, current, final=step == cfg.steps)
           writer.write(step, final)
-          write_samples(exp, state, step, writer)
+          write_samples(exp, current, step, writer)
           bar.write(f'step {step}: ' + ', '.join(f'{k}={v:.4f}' for k, v in final.items()))
           t_last = time.perf_counter()  # eval time is not training throughput
         if sigterm.raised and step < cfg.steps:
@@ -326,6 +359,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     writer.close()
     ckpt.close()
 
+  state = exp.unplace(state)
   if start >= cfg.steps:  # nothing left to train: report the restored state
     final = run_eval(exp, state, final=True)
   sha = params_sha256(state.params)

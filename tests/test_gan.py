@@ -179,6 +179,13 @@ def test_synthetic_samples_join_or_replace_the_train_split(make_config, tmp_path
   assert 'synthetic[only]' in only.fingerprint and only.fingerprint != added.fingerprint
   test = pipeline.load_split(make_config('cnn', data__synthetic__path=path, data__synthetic__mode='only').data, 'test')
   assert test.size == 2000  # the eval split stays real
+  # real_fraction: the real split repeated so that it is about that share of the mixture
+  mixed = make_config('cnn', data__per_class=2, data__synthetic__path=path, data__synthetic__real_fraction=0.5)
+  mixed = pipeline.load_split(mixed.data, 'train')  # 20 real, 30 fake: 2 copies of the real ones
+  assert mixed.size == 70 and 'real_x2' in mixed.fingerprint
+  labels = mixed.read(np.arange(70))['label']
+  np.testing.assert_array_equal(labels[:20], labels[20:40])
+  np.testing.assert_array_equal(labels[40:], np.arange(30) % 10)
 
   np.savez(path, images=np.zeros((3, 32, 32, 3), np.uint8), labels=np.zeros(3))
   with pytest.raises(pipeline.DataError, match='uint8 images of \\(32, 32, 3\\)'):

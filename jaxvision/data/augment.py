@@ -1,8 +1,12 @@
 """Random augmentation as pure jax functions, run inside the jitted train step
-with a key derived from the state (so a step is a function of state and batch)."""
+with a key derived from the state (so a step is a function of state and batch).
+Every per-image draw goes through `parallel.batch_rows`, so the pmap path
+augments each image as the jit path does."""
 import chex
 import jax
 import jax.numpy as jnp
+
+from jaxvision import parallel
 
 
 def _random_crop(rng, images, pad: int, fill):
@@ -10,9 +14,13 @@ def _random_crop(rng, images, pad: int, fill):
   chex.assert_rank(images, 4)
   n, h, w, _ = images.shape
   padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=fill)
-  offsets = jax.random.randint(rng, (n, 2), 0, 2 * pad + 1)
+  offsets = parallel.batch_rows(lambda s: jax.random.randint(rng, s, 0, 2 * pad + 1), (n, 2))
   crop = lambda img, o: jax.lax.dynamic_slice(img, (o[0], o[1], 0), (h, w, img.shape[-1]))
   return jax.vmap(crop)(padded, offsets)
+
+
+def _flip(rng, n: int):
+  return parallel.batch_rows(lambda s: jax.random.bernoulli(rng, 0.5, s), (n, 1, 1, 1))
 
 
 def random_shift(rng, images, max_shift: int, fill):
@@ -24,7 +32,7 @@ def random_crop_flip(rng, images, pad: int, fill):
   """CIFAR-style: random crop from a padded image, then a random horizontal flip."""
   crop_rng, flip_rng = jax.random.split(rng)
   images = _random_crop(crop_rng, images, pad, fill)
-  flip = jax.random.bernoulli(flip_rng, 0.5, (images.shape[0], 1, 1, 1))
+  flip = _flip(flip_rng, images.shape[0])
   return jnp.where(flip, images[:, :, ::-1, :], images)
 
 
@@ -34,12 +42,14 @@ def inception_crop(rng, images, size: int, min_area: float = 0.08):
   chex.assert_rank(images, 4)
   n, h, w, c = images.shape
   area_rng, ratio_rng, y_rng, x_rng, flip_rng = jax.random.split(rng, 5)
-  area = jax.random.uniform(area_rng, (n,), minval=min_area, maxval=1.0) * h * w
-  ratio = jnp.exp(jax.random.uniform(ratio_rng, (n,), minval=jnp.log(3 / 4), maxval=jnp.log(4 / 3)))
+  uniform = lambda rng, lo=0.0, hi=1.0: parallel.batch_rows(
+      lambda s: jax.random.uniform(rng, s, minval=lo, maxval=hi), (n,))
+  area = uniform(area_rng, min_area, 1.0) * h * w
+  ratio = jnp.exp(uniform(ratio_rng, jnp.log(3 / 4), jnp.log(4 / 3)))
   ch = jnp.clip(jnp.sqrt(area / ratio), 8.0, h)
   cw = jnp.clip(jnp.sqrt(area * ratio), 8.0, w)
-  y0 = jax.random.uniform(y_rng, (n,)) * (h - ch)
-  x0 = jax.random.uniform(x_rng, (n,)) * (w - cw)
+  y0 = uniform(y_rng) * (h - ch)
+  x0 = uniform(x_rng) * (w - cw)
 
   def crop(img, y0, x0, ch, cw):
     scale = jnp.stack([size / ch, size / cw])
@@ -47,7 +57,7 @@ def inception_crop(rng, images, size: int, min_area: float = 0.08):
                                          -jnp.stack([y0, x0]) * scale, method='linear')
 
   out = jax.vmap(crop)(images, y0, x0, ch, cw)
-  flip = jax.random.bernoulli(flip_rng, 0.5, (n, 1, 1, 1))
+  flip = _flip(flip_rng, n)
   return jnp.where(flip, out[:, :, ::-1, :], out)
 
 

@@ -1,7 +1,9 @@
 """Generated images as training data: `data.synthetic.path` names an .npz written by
 `python run.py --config <generator> --mode sample` (uint8 `images`, int `labels`).
 
-  data.synthetic.mode='add'   real training split + the generated examples (synthetic-data augmentation)
+  data.synthetic.mode='add'   real training split + the generated examples (synthetic-data augmentation);
+                              data.synthetic.real_fraction=f repeats the real split r times so that
+                              real examples make up about f of the mixture (r = round(f/(1-f) * n_fake / n_real) >= 1)
   data.synthetic.mode='only'  the generated examples alone (classification accuracy score, CAS)
 
 The eval split is never touched: it stays the real test split.
@@ -46,10 +48,20 @@ def mix(split, synthetic_config):
   if synthetic_config.mode == 'only':
     read = lambda idx: {k: v[idx] for k, v in fake.items()}
     size = n
+    mode = 'only'
   else:
-    real = split.read(np.arange(split.size))
+    repeat = real_repeats(synthetic_config.real_fraction, split.size, n)
+    real = split.read(np.tile(np.arange(split.size), repeat))
     both = {k: np.concatenate([real[k], fake[k].astype(real[k].dtype)]) for k in ('image', 'label')}
     read = lambda idx: {k: v[idx] for k, v in both.items()}
-    size = split.size + n
+    size = repeat * split.size + n
+    mode = 'add' if repeat == 1 else f'add/real_x{repeat}'
   return dataclasses.replace(split, size=size, read=read,
-                             fingerprint=f'{split.fingerprint}+synthetic[{synthetic_config.mode}]/n={n}/sha256={digest}')
+                             fingerprint=f'{split.fingerprint}+synthetic[{mode}]/n={n}/sha256={digest}')
+
+
+def real_repeats(real_fraction: float, n_real: int, n_fake: int) -> int:
+  """How many copies of the real split give real examples about `real_fraction` of the mixture."""
+  if real_fraction <= 0:
+    return 1
+  return max(1, round(real_fraction / (1.0 - real_fraction) * n_fake / n_real))

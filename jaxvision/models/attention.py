@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxvision.models import layers
 from jaxvision.models.vit import PositionEmbedding, patchify
 
 TOKENS = ('rows', 'patches')
@@ -50,8 +51,8 @@ class AttentionClassifier(nn.Module):
     weights = jax.nn.softmax(scores, axis=1)  # [B, positions, heads]
     self.sow('intermediates', 'attention_weights', weights)
     context = jnp.einsum('bph,bpd->bhd', weights, h).reshape(x.shape[0], -1)
-    context = nn.Dropout(self.dropout, deterministic=not train)(context)
-    y = nn.Dropout(self.dropout, deterministic=not train)(nn.gelu(nn.Dense(self.hidden)(context)))
+    context = layers.Dropout(self.dropout, deterministic=not train)(context)
+    y = layers.Dropout(self.dropout, deterministic=not train)(nn.gelu(nn.Dense(self.hidden)(context)))
     logits = nn.Dense(self.num_classes, name='head')(y)
     chex.assert_shape(logits, (x.shape[0], self.num_classes))
     return logits.astype(jnp.float32)

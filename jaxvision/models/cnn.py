@@ -32,20 +32,20 @@ class CNN(nn.Module):
     if self.variant not in VARIANTS:
       raise ValueError(f'model.variant={self.variant!r}; use one of {VARIANTS}')
     bn = self.variant == 'bn_dropout'
-    norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum)
+    norm = lambda: layers.batch_norm(use_running_average=not train, momentum=self.bn_momentum)
     for f in self.features:
       x = layers.Conv(f, (3, 3), padding='VALID', impl=self.conv_impl, use_bias=not bn)(x)
       x = nn.relu(norm()(x) if bn else x)
     x = layers.max_pool_2x2(x)
     if bn:
-      x = nn.Dropout(self.dropout[0], deterministic=not train)(x)
+      x = layers.Dropout(self.dropout[0], deterministic=not train)(x)
     x = x.reshape(x.shape[0], -1)
     x = nn.Dense(self.hidden, use_bias=not bn)(x)
     x = nn.relu(norm()(x) if bn else x)
     if features:
       return x
     if bn:
-      x = nn.Dropout(self.dropout[1], deterministic=not train)(x)
+      x = layers.Dropout(self.dropout[1], deterministic=not train)(x)
     logits = nn.Dense(self.num_classes)(x)
     chex.assert_shape(logits, (x.shape[0], self.num_classes))
     return logits.astype(jnp.float32)

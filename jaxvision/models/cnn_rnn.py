@@ -28,11 +28,11 @@ class FrameEncoder(nn.Module):
     for f in self.features:
       x = layers.Conv(f, (3, 3), padding='SAME', impl=self.conv_impl, use_bias=not self.norm)(x)
       if self.norm:  # statistics over all B*T frames of the batch
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+        x = layers.batch_norm(use_running_average=not train, momentum=0.9)(x)
       x = layers.max_pool_2x2(nn.relu(x))
-    x = nn.Dropout(self.dropout[0], deterministic=not train)(x)
+    x = layers.Dropout(self.dropout[0], deterministic=not train)(x)
     x = nn.relu(nn.Dense(self.dim)(x.reshape(x.shape[0], -1)))
-    return nn.Dropout(self.dropout[1], deterministic=not train)(x)
+    return layers.Dropout(self.dropout[1], deterministic=not train)(x)
 
 
 class CNNRNN(nn.Module):

@@ -74,7 +74,7 @@ class MLPDiscriminator(nn.Module):
       h = jnp.concatenate([h, nn.Embed(self.num_classes, 50, name='label_embed')(y)], -1)
     for i, width in enumerate(self.hidden):
       h = nn.leaky_relu(nn.Dense(width, name=f'dense{i}')(h), 0.2)
-      h = nn.Dropout(self.dropout, deterministic=not train)(h)
+      h = layers.Dropout(self.dropout, deterministic=not train)(h)
     return _Logits(self.num_classes, self.conditioning, name='head')(h, y)
 
 
@@ -110,7 +110,7 @@ class DCGANGenerator(nn.Module):
   @nn.compact
   def __call__(self, z, y, *, train: bool):
     base, ups = dcgan_geometry(self.image_shape)
-    norm = lambda name: nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, name=name)
+    norm = lambda name: layers.batch_norm(use_running_average=not train, momentum=self.bn_momentum, name=name)
     h = jnp.concatenate([z, nn.Embed(self.num_classes, 50, name='label_embed')(y)], -1) if self.num_classes else z
     h = nn.Dense(base * base * self.features * 2**ups, use_bias=False, name='dense')(h)
     h = nn.relu(norm('norm0')(h.reshape(z.shape[0], base, base, -1)))
@@ -139,7 +139,7 @@ class DCGANDiscriminator(nn.Module):
       conv = layers.Conv(self.features * 2**i, (4, 4), strides=(2, 2), padding='SAME', impl=self.conv_impl,
                          name=f'conv{i}')
       h = nn.leaky_relu(conv(h), 0.2)
-      h = nn.Dropout(self.dropout, deterministic=not train)(h)
+      h = layers.Dropout(self.dropout, deterministic=not train)(h)
     return _Logits(self.num_classes, self.conditioning, name='head')(h.reshape(x.shape[0], -1), y)
 
 

@@ -39,6 +39,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxvision import parallel
+
 Padding = Union[str, int, Sequence[tuple[int, int]]]
 _DN = ('NHWC', 'HWIO', 'NHWC')
 
@@ -316,3 +318,29 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   if h % 2 or w % 2:
     x = x[:, :h - h % 2, :w - w % 2]
   return _max_pool_2x2(x)
+
+
+class Dropout(nn.Dropout):
+  """`flax.linen.Dropout` whose mask is drawn through `parallel.batch_rows`: under jit it is
+  flax's mask bit for bit; under the pmap path each device gets the jit path's mask rows."""
+
+  @nn.compact
+  def __call__(self, inputs, deterministic: bool | None = None, rng=None):
+    deterministic = nn.merge_param('deterministic', self.deterministic, deterministic)
+    if self.rate == 0.0 or deterministic:
+      return inputs
+    if self.rate == 1.0:
+      return jnp.zeros_like(inputs)
+    if 0 in self.broadcast_dims:
+      raise ValueError('Dropout.broadcast_dims must not contain the batch axis 0')
+    keep = 1.0 - self.rate
+    rng = self.make_rng(self.rng_collection) if rng is None else rng
+    shape = [1 if d in self.broadcast_dims else s for d, s in enumerate(inputs.shape)]
+    mask = parallel.batch_rows(lambda s: jax.random.bernoulli(rng, p=keep, shape=s), shape)
+    return lax.select(jnp.broadcast_to(mask, inputs.shape), inputs / keep, jnp.zeros_like(inputs))
+
+
+def batch_norm(**kwargs) -> nn.BatchNorm:
+  """`flax.linen.BatchNorm` with statistics over the global batch under either parallel path
+  (under pmap its `axis_name` is the batch axis; under jit the batch is one array already)."""
+  return nn.BatchNorm(axis_name=parallel.batch_axis(), **kwargs)

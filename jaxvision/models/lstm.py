@@ -14,6 +14,8 @@ import chex
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxvision.models import layers
+
 
 class LSTMClassifier(nn.Module):
   num_classes: int = 10
@@ -54,8 +56,8 @@ class LSTMClassifier(nn.Module):
         (carry, h) = fwd(h, seq_lengths=lengths)
         final = carry[1]
       if i + 1 < self.layers:
-        h = nn.Dropout(self.dropout, deterministic=not train)(h)
-    final = nn.Dropout(self.dropout, deterministic=not train)(final)
+        h = layers.Dropout(self.dropout, deterministic=not train)(h)
+    final = layers.Dropout(self.dropout, deterministic=not train)(final)
     logits = nn.Dense(self.num_classes, name='head')(final)
     chex.assert_shape(logits, (x.shape[0], self.num_classes))
     return logits.astype(jnp.float32)

@@ -12,8 +12,8 @@ the output of a bottleneck); stages after the first halve the resolution.
 BatchNorm statistics live in the `batch_stats` collection. Under `jax.jit`
 with the batch sharded over devices, the batch mean and variance are
 computed over the *global* batch (XLA inserts the cross-device reduction), so
-the statistics are averaged across devices by construction; `bn_axis_name`
-names the mapped axis to average over for the `pmap` path.
+the statistics are averaged across devices by construction; under the `pmap`
+path `layers.batch_norm` averages them over the batch axis.
 """
 import functools
 
@@ -70,7 +70,6 @@ class ResNet(nn.Module):
   stem: str = 'cifar'
   conv_impl: str = 'xla'
   bn_momentum: float = 0.9
-  bn_axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x, *, train: bool):
@@ -80,8 +79,8 @@ class ResNet(nn.Module):
                        f'use block in {BLOCKS} and stem in {STEMS}')
     conv = functools.partial(layers.Conv, use_bias=False, padding='SAME', impl=self.conv_impl,
                              kernel_init=nn.initializers.variance_scaling(2.0, 'fan_out', 'normal'))
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
-                             epsilon=1e-5, axis_name=self.bn_axis_name)
+    norm = functools.partial(layers.batch_norm, use_running_average=not train, momentum=self.bn_momentum,
+                             epsilon=1e-5)
     if self.stem == 'cifar':
       x = conv(self.width, (3, 3), name='conv_stem')(x)
     else:

@@ -4,10 +4,14 @@ multi-head self-attention blocks, class-token or mean pooling.
 The patch embedding is a linear map of each flattened p x p patch (the same
 function as a p x p conv with stride p, and its parameter count). Images
 must divide into patches: a 28x28 image takes patch 4 or 7, 32x32 takes 4 or 8.
+`dropout` acts after the attention and in the MLP (as in big_vision), not on the
+attention weights.
 """
 import chex
 import flax.linen as nn
 import jax.numpy as jnp
+
+from jaxvision.models import layers
 
 POOLS = ('cls', 'mean')
 
@@ -40,14 +44,13 @@ class EncoderBlock(nn.Module):
   @nn.compact
   def __call__(self, x, *, train: bool):
     y = nn.LayerNorm()(x)
-    y = nn.MultiHeadDotProductAttention(num_heads=self.heads, dropout_rate=self.dropout,
-                                        deterministic=not train)(y, y)
-    x = x + nn.Dropout(self.dropout, deterministic=not train)(y)
+    y = nn.MultiHeadDotProductAttention(num_heads=self.heads)(y, y)  # no dropout on attention weights
+    x = x + layers.Dropout(self.dropout, deterministic=not train)(y)
     y = nn.LayerNorm()(x)
     y = nn.Dense(self.mlp_dim)(y)
-    y = nn.Dropout(self.dropout, deterministic=not train)(nn.gelu(y))
+    y = layers.Dropout(self.dropout, deterministic=not train)(nn.gelu(y))
     y = nn.Dense(x.shape[-1])(y)
-    return x + nn.Dropout(self.dropout, deterministic=not train)(y)
+    return x + layers.Dropout(self.dropout, deterministic=not train)(y)
 
 
 class ViT(nn.Module):

@@ -7,7 +7,9 @@
 Everything that changes lives in `TrainState`; the model, the optax
 transformation and the step's fixed options are static fields. Randomness
 (augmentation, dropout) comes from `fold_in(state.rng, state.step)`, so a
-step is a function of (state, batch) alone.
+step is a function of (state, batch) alone. `parallel.batch_mean` makes the
+gradients and metrics global-batch means under the pmap path (under jit they
+are already).
 """
 import dataclasses
 from typing import Any
@@ -19,7 +21,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from jaxvision import models, optim, transfer
+from jaxvision import models, optim, parallel, transfer
 from jaxvision.data import augment
 
 
@@ -91,6 +93,7 @@ def train_step(state: TrainState, batch) -> tuple[TrainState, dict]:
     return optax.softmax_cross_entropy(logits, targets).mean(), (logits, updates)
 
   (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grads = parallel.batch_mean(grads)
   param_updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   batch_stats = updates.get('batch_stats', state.batch_stats)
   if opts.freeze:  # a frozen BatchNorm keeps its statistics as well as its scale and bias
@@ -101,8 +104,8 @@ def train_step(state: TrainState, batch) -> tuple[TrainState, dict]:
   new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, param_updates),
                             batch_stats=batch_stats,
                             opt_state=opt_state)
-  metrics = {'loss': loss, 'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['label']),
-             'grad_norm': optax.global_norm(grads), 'lr': opts.lr(state.step)}
+  metrics = parallel.batch_mean({'loss': loss, 'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['label'])})
+  metrics.update(grad_norm=optax.global_norm(grads), lr=opts.lr(state.step))
   return new_state, metrics
 
 

@@ -12,7 +12,9 @@ b1 = 0.5 by default; `gan.g_lr` / `gan.d_lr` set them apart). Losses:
 -log D(G(z)) for G — or `'hinge'`. An exponential moving average of the
 generator's parameters (`gan.ema_decay`) is kept in the state and used for
 samples and metrics. Randomness (latents, dropout) comes from
-`fold_in(state.rng, state.step)`.
+`fold_in(state.rng, state.step)`; latents are drawn through `parallel.batch_rows`
+and gradients and metrics averaged by `parallel.batch_mean`, so the pmap path
+trains like the jit path.
 """
 import dataclasses
 from typing import Any
@@ -25,7 +27,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from jaxvision import models, optim
+from jaxvision import models, optim, parallel
 from jaxvision.evaluate import grids
 
 LOSSES = ('bce', 'hinge')
@@ -170,6 +172,10 @@ def _generate_ema(state: GANState, z, y):
                    train=False)[0]
 
 
+def _latents(key, n: int, latents: int):
+  return parallel.batch_rows(lambda s: jax.random.normal(key, s), (n, latents))
+
+
 def _discriminate(state, d_params, x, y, rng, *, train: bool):
   return state.model.apply({'params': {'discriminator': d_params}}, x, y, train=train,
                            method='discriminate', rngs={'dropout': rng} if train else None)
@@ -184,20 +190,22 @@ def train_step(state: GANState, batch) -> tuple[GANState, dict]:
   g_params, d_params, d_opt_state = state.params['generator'], state.params['discriminator'], state.d_opt_state
 
   for k in range(opts.d_steps):  # D: fakes from the current G, no gradient into G
-    z = jax.random.normal(keys[2 * k], (n, model.latents))
+    z = _latents(keys[2 * k], n, model.latents)
     fake, _ = _generate(state, g_params, z, y, train=True)
     fake = jax.lax.stop_gradient(fake)
 
     def d_loss_fn(d_params, drop_rng=keys[2 * k + 1], fake=fake):
-      both = _discriminate(state, d_params, jnp.concatenate([real, fake]),
-                           None if y is None else jnp.concatenate([y, y]), drop_rng, train=True)
+      with parallel.stacked_batches(2):
+        both = _discriminate(state, d_params, jnp.concatenate([real, fake]),
+                             None if y is None else jnp.concatenate([y, y]), drop_rng, train=True)
       return d_loss(opts.loss, both[:n], both[n:]), both
 
     (dl, logits), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(d_params)
+    d_grads = parallel.batch_mean(d_grads)
     d_updates, d_opt_state = state.d_tx.update(d_grads, d_opt_state, d_params)
     d_params = optax.apply_updates(d_params, d_updates)
 
-  z = jax.random.normal(keys[-2], (n, model.latents))
+  z = _latents(keys[-2], n, model.latents)
 
   def g_loss_fn(g_params):  # G: through the updated D, whose params get no update here
     fake, batch_stats = _generate(state, g_params, z, y, train=True)
@@ -205,6 +213,7 @@ def train_step(state: GANState, batch) -> tuple[GANState, dict]:
     return g_loss(opts.loss, fake_logits), batch_stats
 
   (gl, batch_stats), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(g_params)
+  g_grads = parallel.batch_mean(g_grads)
   g_updates, g_opt_state = state.g_tx.update(g_grads, state.g_opt_state, g_params)
   g_params = optax.apply_updates(g_params, g_updates)
   ema = optax.incremental_update(g_params, state.ema_params, 1.0 - opts.ema_decay)
@@ -212,10 +221,11 @@ def train_step(state: GANState, batch) -> tuple[GANState, dict]:
   new_state = state.replace(step=state.step + 1, params={'generator': g_params, 'discriminator': d_params},
                             batch_stats=batch_stats, g_opt_state=g_opt_state, d_opt_state=d_opt_state,
                             ema_params=ema)
-  metrics = {'loss': dl + gl, 'd_loss': dl, 'g_loss': gl,
-             'd_real': jnp.mean(jax.nn.sigmoid(logits[:n])), 'd_fake': jnp.mean(jax.nn.sigmoid(logits[n:])),
-             'g_grad_norm': optax.global_norm(g_grads), 'd_grad_norm': optax.global_norm(d_grads),
-             'g_lr': opts.g_lr(state.step), 'd_lr': opts.d_lr(state.step)}
+  metrics = parallel.batch_mean({
+      'loss': dl + gl, 'd_loss': dl, 'g_loss': gl,
+      'd_real': jnp.mean(jax.nn.sigmoid(logits[:n])), 'd_fake': jnp.mean(jax.nn.sigmoid(logits[n:]))})
+  metrics.update(g_grad_norm=optax.global_norm(g_grads), d_grad_norm=optax.global_norm(d_grads),
+                 g_lr=opts.g_lr(state.step), d_lr=opts.d_lr(state.step))
   return new_state, metrics
 
 

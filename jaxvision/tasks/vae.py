@@ -9,7 +9,9 @@
 
 Likelihood (`loss.likelihood`):
 * 'bernoulli' (default, for digits): logits on binarised pixels. Training
-  binarises dynamically, with a key from `fold_in(state.rng, state.step)`.
+  binarises dynamically, with a key from `fold_in(state.rng, state.step)`
+  (drawn, like the posterior noise, through `parallel.batch_rows`, and the
+  gradients averaged by `parallel.batch_mean`, so the pmap path trains alike).
   Evaluation binarises each test image once and for all: its key is a fixed key
   folded with a hash of the image's bytes, so every eval (and every eval batch
   size, sharding or resume) sees the same binary test set and the same
@@ -39,7 +41,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from jaxvision import models, optim
+from jaxvision import models, optim, parallel
 from jaxvision.evaluate import grids
 
 # Salts folded into PRNGKey(config.seed) for keys that must not depend on training.
@@ -230,9 +232,9 @@ def train_step(state: VAEState, batch) -> tuple[VAEState, dict]:
   bin_rng, z_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
   x = batch['image']
   if state.opts.likelihood == 'bernoulli':  # dynamic binarisation
-    x = jax.random.bernoulli(bin_rng, x).astype(jnp.float32)
+    x = (parallel.batch_rows(lambda s: jax.random.uniform(bin_rng, s, x.dtype), x.shape) < x).astype(jnp.float32)
   y = _labels(state.model, batch)
-  eps = jax.random.normal(z_rng, (x.shape[0], state.model.latents))
+  eps = parallel.batch_rows(lambda s: jax.random.normal(z_rng, s), (x.shape[0], state.model.latents))
   beta = kl_weight(state.opts, state.step)
 
   def loss_fn(params):
@@ -240,12 +242,13 @@ def train_step(state: VAEState, batch) -> tuple[VAEState, dict]:
     return jnp.mean(recon + beta * kl), (recon, kl)
 
   (loss, (recon, kl)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grads = parallel.batch_mean(grads)
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                             opt_state=opt_state)
-  metrics = {'loss': loss, 'neg_elbo': jnp.mean(recon + kl), 'recon': jnp.mean(recon),
-             'kl': jnp.mean(kl), 'beta': beta, 'grad_norm': optax.global_norm(grads),
-             'lr': state.opts.lr(state.step)}
+  metrics = parallel.batch_mean({'loss': loss, 'neg_elbo': jnp.mean(recon + kl), 'recon': jnp.mean(recon),
+                                  'kl': jnp.mean(kl)})
+  metrics.update(beta=beta, grad_norm=optax.global_norm(grads), lr=state.opts.lr(state.step))
   return new_state, metrics
 
 
