@@ -107,6 +107,9 @@ def base() -> ml_collections.ConfigDict:
   c.gan.d_lr = 0.0  # 0 = optim.lr
 
   c.parallel = 'jit'  # 'jit' (shardings from the mesh) or 'pmap' (data parallel over all devices)
+  # XLA:CPU only: who runs the convolutions of the jitted steps: 'ynnpack' (XLA's default) or 'xla'
+  # (YNNPACK fusion off for convolutions; 1.12x on the DCGAN step, see benchmarks/README.md)
+  c.cpu_convolutions = 'ynnpack'
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # -1: all devices not used by the other axes
   c.mesh.fsdp = 1
@@ -169,6 +172,7 @@ def validate(config) -> None:
     if size == 0 or size < -1:
       raise ConfigError(f'mesh.{axis}={size} must be a positive axis size or -1 (all remaining devices)')
   _choice(config, 'parallel', ('jit', 'pmap'))
+  _choice(config, 'cpu_convolutions', ('ynnpack', 'xla'))
   if config.parallel == 'pmap' and (config.mesh.fsdp != 1 or config.mesh.model != 1):
     raise ConfigError(f'parallel=pmap is data parallel only, but mesh.fsdp={config.mesh.fsdp}, '
                       f'mesh.model={config.mesh.model}; set them to 1 or use parallel=jit')

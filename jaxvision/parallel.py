@@ -98,14 +98,34 @@ def to_global(local_batch: dict, sharding: NamedSharding) -> dict:
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
 
 
+# XLA:CPU option that leaves convolutions to XLA's own emitter instead of YNNPACK (dots and
+# reductions still go to YNNPACK), for `config.cpu_convolutions='xla'`.
+_CPU_CONVS_WITHOUT_YNNPACK = {'xla_cpu_experimental_ynn_fusion_type':
+                              'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'}
+
+
+def compiler_options(config) -> dict | None:
+  """The XLA compiler options of `config` for this backend (None: XLA's defaults)."""
+  if config.get('cpu_convolutions', 'ynnpack') == 'xla' and jax.default_backend() == 'cpu':
+    return dict(_CPU_CONVS_WITHOUT_YNNPACK)
+  return None
+
+
+def jit_train_step(step_fn, state_shardings, mesh: Mesh, options: dict | None = None):
+  """`step_fn(state, batch) -> (state, metrics)` jitted for `mesh`: the state keeps its shardings
+  (and is donated), the batch is split over the batch axes, the metrics come back replicated;
+  `options`: XLA compiler options (`compiler_options(config)`)."""
+  return jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding(mesh)),
+                 out_shardings=(state_shardings, replicated(mesh)), donate_argnums=0,
+                 compiler_options=options)
+
+
 def step_memory(step_fn, abstract_state, abstract_batch: dict, mesh: Mesh) -> dict:
   """Per-device bytes of `step_fn(state, batch)` compiled for `mesh` with the state sharded by
   `state_sharding` (nothing is allocated: the inputs are shapes). From XLA's memory analysis:
   'arguments' (the state + batch shards a device holds), 'outputs', 'temporaries'."""
-  shardings = state_sharding(mesh, abstract_state)
-  compiled = jax.jit(step_fn, in_shardings=(shardings, batch_sharding(mesh)),
-                     out_shardings=(shardings, replicated(mesh)), donate_argnums=0).lower(
-                         abstract_state, abstract_batch).compile()
+  compiled = jit_train_step(step_fn, state_sharding(mesh, abstract_state), mesh).lower(
+      abstract_state, abstract_batch).compile()
   stats = compiled.memory_analysis()
   return {'arguments': int(stats.argument_size_in_bytes), 'outputs': int(stats.output_size_in_bytes),
           'temporaries': int(stats.temp_size_in_bytes)}

@@ -206,20 +206,20 @@ def setup(config, workdir: str) -> Experiment:
                           **({'batch_stats': batch_stats} if hasattr(state, 'batch_stats') else {}))
     state = jax.device_put(state, state_sharding)
   pmap = config.parallel == 'pmap'
+  options = parallel.compiler_options(config)  # the pmap path compiles with XLA's defaults
   if pmap and jax.process_count() > 1:
     raise config_lib.ConfigError(f'parallel=pmap runs in one process, this job has {jax.process_count()}; '
                                  f'use parallel=jit (the default) for multi-host training')
   if pmap:
     train_step = _pmap_train_step(task.train_step, mesh.devices.size)
   else:
-    train_step = jax.jit(task.train_step, in_shardings=(state_sharding, batch_sharding),
-                         out_shardings=(state_sharding, replicated), donate_argnums=0)
+    train_step = parallel.jit_train_step(task.train_step, state_sharding, mesh, options)
   eval_step = jax.jit(task.eval_step, in_shardings=(state_sharding, batch_sharding),
-                      out_shardings=replicated)
+                      out_shardings=replicated, compiler_options=options)
   final_eval_step = eval_step
   if hasattr(task, 'final_eval_step'):
     final_eval_step = jax.jit(task.final_eval_step, in_shardings=(state_sharding, batch_sharding),
-                              out_shardings=replicated)
+                              out_shardings=replicated, compiler_options=options)
   generative = None
   if config.eval.fd_samples and hasattr(task, 'sample'):
     from jaxvision.evaluate import generative as generative_lib  # pylint: disable=g-import-not-at-top

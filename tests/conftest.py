@@ -54,3 +54,19 @@ def reference_run(tmp_path_factory, tfds_dir):
     return done[name]
 
   return get
+
+
+def sigterm_at_step(monkeypatch, step: int):
+  """Makes the loop's metric writer deliver a real SIGTERM to this process once it has written
+  the metrics of `step`; returns a function that undoes it."""
+  import signal  # pylint: disable=g-import-not-at-top
+  from jaxvision import writers  # pylint: disable=g-import-not-at-top
+  write = writers.MetricWriter.write
+
+  def write_then_sigterm(self, at, scalars):
+    write(self, at, scalars)
+    if at == step:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  monkeypatch.setattr(writers.MetricWriter, 'write', write_then_sigterm)
+  return lambda: monkeypatch.setattr(writers.MetricWriter, 'write', write)

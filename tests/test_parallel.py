@@ -1,6 +1,5 @@
 """Data parallel vs FSDP vs pmap vs one device vs two processes: the same training."""
 import os
-import signal
 import subprocess
 import sys
 
@@ -9,7 +8,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from conftest import ROOT
+from conftest import ROOT, sigterm_at_step
 from jaxvision import parallel, train, writers
 
 # The smoke runs of three tasks, compared across meshes. Their results differ only by the order
@@ -79,17 +78,10 @@ def test_pmap_sigterm_then_resume_is_bitwise_the_uninterrupted_pmap_run(make_con
   config = make_config('cnn', parallel='pmap')
   whole, resumed = str(tmp_path / 'whole'), str(tmp_path / 'resumed')
   train.train_and_evaluate(config, whole)
-  write = writers.MetricWriter.write
-
-  def write_then_sigterm(self, step, scalars):
-    write(self, step, scalars)
-    if step == 4:
-      os.kill(os.getpid(), signal.SIGTERM)
-
-  monkeypatch.setattr(writers.MetricWriter, 'write', write_then_sigterm)
+  undo = sigterm_at_step(monkeypatch, 4)
   with pytest.raises(train.Preempted, match='SIGTERM at step 4'):
     train.train_and_evaluate(config, resumed)
-  monkeypatch.setattr(writers.MetricWriter, 'write', write)
+  undo()
   train.train_and_evaluate(config, resumed)
   info = [writers.read_json(os.path.join(w, 'run.json')) for w in (whole, resumed)]
   assert info[1]['resumed_from_step'] == 4
@@ -178,3 +170,14 @@ def test_two_processes_train_like_one_process_with_all_the_devices(make_config, 
   _, two = _final_params(make_config('cnn'), workdir)  # restored here on 1 process x 8 devices
   _, one = _final_params(make_config('cnn'), reference_run('cnn'))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **TOLERANCE), two, one)
+
+
+def test_cpu_convolutions_without_ynnpack_train_alike(make_config, reference_run, tmp_path):
+  """config.cpu_convolutions='xla' compiles the steps with XLA's own convolutions: other kernels,
+  the same training up to floating-point order (DCGAN: transposed and strided convs, BatchNorm)."""
+  config = make_config('dcgan', cpu_convolutions='xla')
+  assert parallel.compiler_options(config) is not None
+  assert parallel.compiler_options(make_config('dcgan')) is None
+  train.train_and_evaluate(config, str(tmp_path / 'xla_convs'))
+  _assert_close(_final_params(config, str(tmp_path / 'xla_convs'))[1],
+                _final_params(make_config('dcgan'), reference_run('dcgan'))[1])

@@ -1,7 +1,6 @@
 """The loop end to end: workdir contract, checkpoints, exact resume, eval mode."""
 import json
 import os
-import signal
 
 import chex
 import jax
@@ -9,6 +8,7 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
+from conftest import sigterm_at_step
 from jaxvision import checkpoint, train, writers
 
 
@@ -84,17 +84,10 @@ def test_checkpoint_round_trip_is_exact(finished_run, tmp_path):
 def test_sigterm_then_resume_equals_the_uninterrupted_run(finished_run, tmp_path, monkeypatch):
   config, workdir, final = finished_run
   resumed = str(tmp_path / 'resumed')
-  write = writers.MetricWriter.write
-
-  def write_then_sigterm(self, step, scalars):  # a real SIGTERM, delivered at step 4
-    write(self, step, scalars)
-    if step == 4:
-      os.kill(os.getpid(), signal.SIGTERM)
-
-  monkeypatch.setattr(writers.MetricWriter, 'write', write_then_sigterm)
+  undo = sigterm_at_step(monkeypatch, 4)  # a real SIGTERM, delivered at step 4
   with pytest.raises(train.Preempted, match='SIGTERM at step 4'):
     train.train_and_evaluate(config, resumed)
-  monkeypatch.setattr(writers.MetricWriter, 'write', write)
+  undo()
   assert checkpoint.Checkpointer(os.path.join(resumed, 'checkpoints'), 3).all_steps() == [3, 4]
   again = train.train_and_evaluate(config, resumed)
   info = writers.read_json(os.path.join(resumed, 'run.json'))

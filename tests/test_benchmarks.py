@@ -1,0 +1,67 @@
+"""The torch twins of benchmarks/torch_models.py against the jaxvision models they mirror:
+same parameter count and same output shapes at each model's default config (not timed)."""
+import os
+import sys
+
+import pytest
+
+torch = pytest.importorskip('torch')
+
+import jax  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+import jax.numpy as jnp  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+
+from conftest import ROOT, load_config  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxvision import tasks  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+
+sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+import torch_models  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+
+SHAPE = (28, 28, 1)  # mnist10k, what every default config trains on
+BATCH = 2
+
+
+def _jax_model(name):
+  """(config, abstract task state) of configs/<name>.py's default preset, as train.setup builds it."""
+  config = load_config(name, preset='')
+  sample = {'image': jnp.zeros((1, *SHAPE)), 'label': jnp.zeros((1,), jnp.int32)}
+  state = jax.eval_shape(lambda rng: tasks.get(config.task).init(config, rng, sample), jax.random.PRNGKey(0))
+  return config, state
+
+
+def _jax_shapes(name, state) -> dict:
+  model, x = state.model, jax.ShapeDtypeStruct((BATCH, *SHAPE), jnp.float32)
+  shape = lambda f, *args: tuple(jax.eval_shape(f, *args).shape)
+  if name == 'dcgan':
+    v = {'params': state.params, 'batch_stats': state.batch_stats}
+    z = jax.ShapeDtypeStruct((BATCH, model.latents), jnp.float32)
+    return {'generate': shape(lambda v, z: model.apply(v, z, None, train=False, method='generate'), v, z),
+            'discriminate': shape(lambda v, x: model.apply(v, x, None, train=False, method='discriminate'), v, x)}
+  if name == 'conv_vae':
+    v = {'params': state.params}
+    mean, logvar = jax.eval_shape(lambda v, x: model.apply(v, x, None, method='encode'), v, x)
+    decode = shape(lambda v, z: model.apply(v, z, None, method='decode'), v, mean)
+    return {'mean': tuple(mean.shape), 'logvar': tuple(logvar.shape), 'decode': decode}
+  return {'logits': shape(lambda v, x: model.apply(v, x, train=False), state.variables(), x)}
+
+
+@pytest.mark.parametrize('name', torch_models.NAMES)
+def test_torch_twin_matches_jaxvision(name):
+  config, state = _jax_model(name)
+  jax_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
+  model = torch_models.build(name, config, SHAPE)
+  assert torch_models.num_params(model) == jax_params
+  x = torch.rand(BATCH, SHAPE[2], SHAPE[0], SHAPE[1])
+  assert torch_models.forward_shapes(name, model, x) == _jax_shapes(name, state)
+
+
+def test_torch_train_step_runs():
+  """One eager torch step of the CNN twin (the benchmark's loss, optimizer and augmentation)."""
+  config = load_config('cnn', preset='')
+  torch.manual_seed(0)
+  model = torch_models.build('cnn', config, SHAPE)
+  step = torch_models.TrainStep('cnn', config, model)
+  before = [p.detach().clone() for p in model.parameters()]
+  batch = {'image': torch.rand(8, 1, 28, 28), 'label': torch.randint(0, 10, (8,))}
+  metrics = step(batch)
+  assert torch.isfinite(metrics['loss'])
+  assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
