@@ -9,7 +9,8 @@
 
 Both train configs/cnn.py for the same number of steps on the first 100 train images of
 each digit (1,000 real images) and test on the full real test split; `synthetic` adds
-the conditional generator's labelled samples (trained on those same 1,000 images).
+the conditional generator's labelled samples (trained on those same 1,000 images), with
+the real images repeated so that they are still half of what the classifier sees.
 """
 import os
 
@@ -29,4 +30,5 @@ def get_config(preset: str = 'real'):
   if preset == 'synthetic':
     c.data.synthetic.path = ''  # required: the .npz of --mode sample
     c.data.synthetic.mode = 'add'
+    c.data.synthetic.real_fraction = 0.5  # 1,000 real x 10 + 10,000 generated: half of every batch real
   return c

@@ -29,10 +29,10 @@ def get_config(preset: str = ''):
   c.model.hidden = 512
   c.data.batch_size = 64
   c.eval.iwae_chunk = 20
-  c.train.steps = 18750  # 150 epochs of the 8,000 training images
+  c.train.steps = 12500  # 100 epochs of the 8,000 training images
   c.train.log_every = 250
-  c.train.eval_every = 3750
-  c.train.ckpt_every = 3750
+  c.train.eval_every = 2500
+  c.train.ckpt_every = 2500
   if preset == 'cifar10':  # 8-bit colour: discretised logistic per pixel, 128 latents, 100 epochs
     c.data.name = 'cifar10'
     c.loss.likelihood = 'logistic'

@@ -22,7 +22,8 @@ decoder produces; the task sets it from the data, so configs need not.
   to 4x the channels at the low resolution, then depth-to-space), which run
   through `layers.Conv` (im2col is fast on CPU).
 * `ConditionalVAE`: the MLP VAE with the label's one-hot concatenated to the
-  encoder's input and to the latent code.
+  encoder's input and to the input of both decoder layers (the latent code and
+  the hidden layer), so the class reaches the pixels directly.
 """
 import math
 from typing import ClassVar
@@ -81,7 +82,7 @@ class MLPVAE(nn.Module):
     _check_labels(y, z.shape[0], self.conditional)
     hidden = nn.relu(self.dec_hidden(self._with_label(z, y)))
     height, width, channels = self.image_shape
-    return self.dec_out(hidden).reshape(z.shape[0], height, width, channels * self.outputs)
+    return self.dec_out(self._with_label(hidden, y)).reshape(z.shape[0], height, width, channels * self.outputs)
 
   def __call__(self, x, y=None):
     mean, logvar = self.encode(x, y)
