@@ -10,7 +10,8 @@ inserts the all-gathers and reduce-scatters; there are no hand-written
 collectives. The step functions are written once and sharded from outside, by
 `jax.jit(in_shardings=..., out_shardings=...)`.
 
-The pmap path (`config.parallel='pmap'`, data parallel only) runs the same step
+The pmap path (`config.parallel='pmap'`, data parallel only, one process or
+several) runs the same step
 functions under `jax.pmap` over the axis `PMAP_AXIS`, each device on its rows
 of the global batch. Three things make it train like the jit path (equal up to
 the order of floating-point reductions), and all three are no-ops under jit:

@@ -207,9 +207,6 @@ def setup(config, workdir: str) -> Experiment:
     state = jax.device_put(state, state_sharding)
   pmap = config.parallel == 'pmap'
   options = parallel.compiler_options(config)  # the pmap path compiles with XLA's defaults
-  if pmap and jax.process_count() > 1:
-    raise config_lib.ConfigError(f'parallel=pmap runs in one process, this job has {jax.process_count()}; '
-                                 f'use parallel=jit (the default) for multi-host training')
   if pmap:
     train_step = _pmap_train_step(task.train_step, mesh.devices.size)
   else:
@@ -234,7 +231,7 @@ def _pmap_train_step(step_fn, devices: int):
   stepped = parallel.pmap_step(step_fn, devices)
   def train_step(state, batch):
     state, metrics = stepped(state, batch)
-    return state, jax.tree.map(lambda m: m[0], metrics)
+    return state, jax.tree.map(lambda m: m.addressable_shards[0].data[0], metrics)
   return train_step
 
 

@@ -145,15 +145,17 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.mark.parametrize('path', ['jit', 'pmap'])
 def test_two_processes_train_like_one_process_with_all_the_devices(make_config, reference_run, tmp_path,
-                                                                   tfds_dir):
-  """jax.distributed on 127.0.0.1: 2 processes x 4 devices vs 1 process x 8 devices."""
+                                                                   tfds_dir, path):
+  """jax.distributed on 127.0.0.1: 2 processes x 4 devices (jit or pmap) vs 1 process x 8 devices (jit)."""
   from jaxvision.data import pipeline  # pylint: disable=g-import-not-at-top
   pipeline.load_split(make_config('cnn').data, 'train')  # prepared before two processes race for it
   workdir, port = str(tmp_path / 'two_processes'), _free_port()
   env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=4'}
   procs = [subprocess.Popen([sys.executable, 'run.py', '--config', 'configs/cnn.py:smoke', '--workdir',
                              workdir, f'--config.data.tfds_dir={tfds_dir}',
+                             f'--config.parallel={path}',
                              f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
                              f'--process_id={i}'], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True) for i in range(2)]
