@@ -35,7 +35,6 @@ AXES = ('data', 'fsdp', 'model')
 BATCH_AXES = ('data', 'fsdp')
 FSDP_MIN_SIZE = 2 ** 12  # smaller leaves stay replicated: splitting them saves less than it costs
 PMAP_AXIS = 'batch'
-PARALLEL = ('jit', 'pmap')
 
 
 class MeshError(ValueError):
@@ -193,13 +192,20 @@ def batch_rows(draw, shape):
   return mine.reshape(shape)
 
 
-def pmap_step(step_fn, devices: int, donate: bool = True):
-  """`step_fn(state, batch)` under `jax.pmap`: state replicated with a leading device axis (see
-  `replicate`), batch [devices, rows per device, ...]; metrics come back per device."""
+def pmap_step(step_fn, devices: int):
+  """`step_fn(state, batch) -> (state, metrics)` under `jax.pmap` over `devices` (all processes'):
+  state replicated with a leading device axis (see `replicate`) and donated, batch
+  [local devices, rows per device, ...]. The metrics come back as this process's first device
+  has them (every device holds the same: they are `batch_mean`s or functions of the state)."""
   def per_device(state, batch):
     with split_batch(PMAP_AXIS, devices):
       return step_fn(state, batch)
-  return jax.pmap(per_device, axis_name=PMAP_AXIS, donate_argnums=(0,) if donate else ())
+  stepped = jax.pmap(per_device, axis_name=PMAP_AXIS, donate_argnums=0)
+
+  def train_step(state, batch):
+    state, metrics = stepped(state, batch)
+    return state, jax.tree.map(lambda m: m.addressable_shards[0].data[0], metrics)
+  return train_step
 
 
 def replicate(tree, mesh: Mesh):

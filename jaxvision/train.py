@@ -208,7 +208,7 @@ def setup(config, workdir: str) -> Experiment:
   pmap = config.parallel == 'pmap'
   options = parallel.compiler_options(config)  # the pmap path compiles with XLA's defaults
   if pmap:
-    train_step = _pmap_train_step(task.train_step, mesh.devices.size)
+    train_step = parallel.pmap_step(task.train_step, mesh.devices.size)
   else:
     train_step = parallel.jit_train_step(task.train_step, state_sharding, mesh, options)
   eval_step = jax.jit(task.eval_step, in_shardings=(state_sharding, batch_sharding),
@@ -223,16 +223,6 @@ def setup(config, workdir: str) -> Experiment:
     generative = generative_lib.GenerativeMetrics(config, task, train_split, eval_split)
   return Experiment(config, workdir, mesh, task, train_split, eval_split, state, train_step,
                     eval_step, batch_sharding, final_eval_step, generative, transfer_info, pmap)
-
-
-def _pmap_train_step(step_fn, devices: int):
-  """The task's train step under `parallel.pmap_step`, with the metrics of device 0 (all devices
-  hold the same: they are `batch_mean`s or functions of the replicated state)."""
-  stepped = parallel.pmap_step(step_fn, devices)
-  def train_step(state, batch):
-    state, metrics = stepped(state, batch)
-    return state, jax.tree.map(lambda m: m.addressable_shards[0].data[0], metrics)
-  return train_step
 
 
 def run_eval(exp: Experiment, state, final: bool = False) -> dict:
@@ -336,11 +326,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
           writer.write(step, scalars)
           bar.set_postfix(loss=f'{scalars["train/loss"]:.4f}',
                           ips=f'{scalars.get("perf/images_per_sec", 0):.0f}')
-        if step % cfg.ckpt_every == 0 or step == cfg.steps or sigterm.raised:
+        saving = step % cfg.ckpt_every == 0 or step == cfg.steps or sigterm.raised
+        evaluating = step % cfg.eval_every == 0 or step == cfg.steps
+        current = exp.unplace(state) if saving or evaluating else None  # once per step (pmap: a copy)
+        if saving:
           check_finite(history, step - len(history) + 1)  # never checkpoint a diverged state
-          ckpt.save(step, exp.unplace(state), data_iter)  # before the eval: a failing eval loses no training
-        if step % cfg.eval_every == 0 or step == cfg.steps:
-          current = exp.unplace(state)
+          ckpt.save(step, current, data_iter)  # before the eval: a failing eval loses no training
+        if evaluating:
           final = run_eval(exp, current, final=step == cfg.steps)
           writer.write(step, final)
           write_samples(exp, current, step, writer)

@@ -42,6 +42,8 @@ def test_smoke_run_end_to_end_with_overrides(tmp_path, tfds_dir):
     ('--config.optim.schedule=linear', "optim.schedule='linear' is not allowed; use one of: constant"),
     ('--config.data.batch_size=12', 'data.batch_size=12 must be divisible by the 8 batch shards'),
     ('--config.mesh.data=3', 'mesh {'),
+    ('--config.data.synthetic.real_fraction=1.0', 'data.synthetic.real_fraction=1.0 must be in [0, 1)'),
+    ('--config.cpu_convolutions=onednn', "cpu_convolutions='onednn' is not allowed; use one of: ynnpack, xla"),
 ])
 def test_bad_input_fails_fast_with_one_line(tmp_path, tfds_dir, override, message):
   workdir = tmp_path / 'w'

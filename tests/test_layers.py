@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxvision.models.layers import Conv, conv2d, max_pool_2x2
+from jaxvision.models.layers import Conv, Dropout, conv2d, max_pool_2x2
 
 # name: (batch, height, width, cin, cout, kernel (kh, kw), strides, padding, chunk).
 # kh*kw*cin <= 32 takes the direct (no patch tensor) forward, larger the matmul.
@@ -110,3 +110,16 @@ def test_max_pool_2x2_matches_nn_max_pool(shape):
   y, y_ref, dx, dx_ref = pool_and_grad(x)
   np.testing.assert_array_equal(y, y_ref)
   np.testing.assert_array_equal(dx, dx_ref)
+
+
+def test_dropout_is_flax_dropout_bit_for_bit_and_keeps_the_batch_axis_its_own():
+  """layers.Dropout (masks through parallel.batch_rows for the pmap path) draws flax's mask under jit."""
+  x = jnp.arange(2 * 3 * 5, dtype=jnp.float32).reshape(2, 3, 5) + 1.0
+  rngs = {'dropout': jax.random.PRNGKey(3)}
+  for dims in ((), (1,)):
+    ours = Dropout(0.4, broadcast_dims=dims).apply({}, x, deterministic=False, rngs=rngs)
+    flax = nn.Dropout(0.4, broadcast_dims=dims).apply({}, x, deterministic=False, rngs=rngs)
+    np.testing.assert_array_equal(ours, flax)
+    assert 0 < int(jnp.sum(ours == 0)) < x.size
+  with pytest.raises(ValueError, match='broadcast_dims must not contain the batch axis 0'):
+    Dropout(0.4, broadcast_dims=(0,)).apply({}, x, deterministic=False, rngs=rngs)

@@ -16,6 +16,10 @@ from jaxvision import parallel, train, writers
 TOLERANCE = dict(rtol=2e-4, atol=2e-5)
 
 
+def _assert_close(a, b):
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, **TOLERANCE), a, b)
+
+
 def test_fsdp_rule_splits_the_largest_divisible_axis_of_large_leaves():
   n = 4
   assert parallel.fsdp_spec((2304, 32), n) == P('fsdp', None)
@@ -52,11 +56,7 @@ def test_fsdp_trains_like_data_parallel_with_the_state_sharded(make_config, refe
   specs = [leaf.sharding.spec for leaf in jax.tree_util.tree_leaves(exp.state.params)]
   assert P() in specs and any('fsdp' in s for s in specs)  # small leaves replicated, large ones split
   for label in meshes:
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **TOLERANCE), runs[label][1], reference)
-
-
-def _assert_close(a, b):
-  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, **TOLERANCE), a, b)
+    _assert_close(runs[label][1], reference)
 
 
 @pytest.mark.parametrize('name', ['cnn', 'gan', 'dcgan', 'vae'])
@@ -115,7 +115,7 @@ def test_checkpoints_move_between_one_device_and_eight_fsdp_shards(make_config, 
   exp, restored = _final_params(fsdp, one)
   assert any('fsdp' in leaf.sharding.spec for leaf in jax.tree_util.tree_leaves(exp.state.params))
   _, trained = _final_params(make_config('cnn'), reference_run('cnn'))
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **TOLERANCE), restored, trained)
+  _assert_close(restored, trained)
   # Written FSDP-sharded on 8, evaluated on 1 device: the metrics of the run that wrote it.
   eight = str(tmp_path / 'eight_fsdp_shards')
   train.train_and_evaluate(fsdp, eight)
@@ -171,7 +171,7 @@ def test_two_processes_train_like_one_process_with_all_the_devices(make_config, 
   assert info['devices']['count'] == 8 and info['devices']['processes'] == 2
   _, two = _final_params(make_config('cnn'), workdir)  # restored here on 1 process x 8 devices
   _, one = _final_params(make_config('cnn'), reference_run('cnn'))
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **TOLERANCE), two, one)
+  _assert_close(two, one)
 
 
 def test_cpu_convolutions_without_ynnpack_train_alike(make_config, reference_run, tmp_path):
