@@ -43,9 +43,11 @@ ROOT = os.path.dirname(HERE)
 MODELS = ('cnn', 'resnet', 'vit', 'lstm', 'dcgan', 'conv_vae')
 
 # Extra jax columns (--jax-variants): name -> config overrides of the product step
-# ('noynn': config.cpu_convolutions='xla', XLA's own convolutions instead of YNNPACK's).
+# ('noynn' / 'ynn': config.cpu_convolutions='xla' / 'ynnpack', XLA's own convolutions or YNNPACK's;
+# a variant that the model's config already has is skipped).
 JAX_VARIANTS = {
     'noynn': {'cpu_convolutions': 'xla'},
+    'ynn': {'cpu_convolutions': 'ynnpack'},
     'xla_conv': {'model.conv_impl': 'xla'},
     'xla_conv_noynn': {'model.conv_impl': 'xla', 'cpu_convolutions': 'xla'},
     'im2col_conv': {'model.conv_impl': 'im2col'},
@@ -206,6 +208,8 @@ def jax_variant(name: str, variant: str, batch: int, local_batch: dict):
       return None
     config.model.conv_impl = conv_impl
   if 'cpu_convolutions' in overrides:
+    if config.cpu_convolutions == overrides['cpu_convolutions'] and conv_impl is None:
+      return None
     config.cpu_convolutions = overrides['cpu_convolutions']
   exp = train.setup(config, tempfile.mkdtemp(prefix='bench_'))
   jbatch = exp.train_batch(local_batch)

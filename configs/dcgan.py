@@ -4,6 +4,7 @@
   python run.py --config configs/dcgan.py:smoke      # a few steps, for tests
   python run.py --config configs/dcgan.py:cifar10    # 4x4 -> 32x32 colour, TFDS cifar10
   python run.py --config configs/dcgan.py:celeb_a    # 4x4 -> 64x64, TFDS celeb_a centre-cropped
+  python run.py --config configs/dcgan.py --config.model.info_codes=10   # an InfoGAN
 
 Sample grids from fixed latents go to WORKDIR/samples at every eval.
 """
@@ -22,6 +23,7 @@ def get_config(preset: str = ''):
   c.model.d_dropout = 0.0
   c.model.num_classes = 0
   c.model.conditioning = 'projection'
+  c.model.info_codes = 0  # > 0: InfoGAN, a categorical code of this many values (gan.info_weight)
 
   c.data.name = 'mnist10k'
   c.data.scale = 'minus_one_one'
@@ -38,6 +40,8 @@ def get_config(preset: str = ''):
   c.gan.ema_decay = 0.999
 
   c.eval.fd_samples = 8000  # eval/fd, eval/kid (+ their real-data floors) at every eval
+  # XLA:CPU's own convolutions instead of YNNPACK's: 1.16x on this step (benchmarks/README.md).
+  c.cpu_convolutions = 'xla'
 
   c.train.steps = 4000  # 32 epochs of the 8,000 training images
   c.train.log_every = 50

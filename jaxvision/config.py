@@ -105,6 +105,7 @@ def base() -> ml_collections.ConfigDict:
   c.gan.ema_decay = 0.999  # of the generator params used for samples and metrics
   c.gan.g_lr = 0.0  # 0 = optim.lr
   c.gan.d_lr = 0.0  # 0 = optim.lr
+  c.gan.info_weight = 1.0  # InfoGAN (model.info_codes > 0): weight of the code's cross-entropy
 
   c.parallel = 'jit'  # 'jit' (shardings from the mesh) or 'pmap' (data parallel over all devices)
   # XLA:CPU only: who runs the convolutions of the jitted steps: 'ynnpack' (XLA's default) or 'xla'

@@ -41,12 +41,14 @@ def test_dcgan_rejects_image_sizes_it_cannot_make():
     model.init(jax.random.PRNGKey(0), jnp.zeros((1, 100)))
 
 
-@pytest.mark.parametrize('name', ['gan', 'dcgan', 'cgan'])
-def test_train_step_moves_each_network_only_through_its_own_optimizer(make_config, name):
-  # With the discriminator's learning rate at 0, only G changes, and the other way round.
+@pytest.mark.parametrize('name,overrides', [('gan', {}), ('dcgan', {}), ('cgan', {}),
+                                            ('dcgan', {'model__info_codes': 10})])
+def test_train_step_moves_each_network_only_through_its_own_optimizer(make_config, name, overrides):
+  # With the discriminator's learning rate at 0, only G changes, and the other way round
+  # (an InfoGAN's Q head belongs to D: it moves with D only).
   for frozen, moving in (('discriminator', 'generator'), ('generator', 'discriminator')):
     lr = {'gan__d_lr' if frozen == 'discriminator' else 'gan__g_lr': 1e-30}
-    config, state, batch = _state_and_batch(make_config, name, **lr)
+    config, state, batch = _state_and_batch(make_config, name, **lr, **overrides)
     new, metrics = jax.jit(gan.train_step)(state, batch)
     chex.assert_trees_all_close(new.params[frozen], state.params[frozen], atol=1e-20)
     changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), new.params[moving], state.params[moving])
@@ -96,9 +98,29 @@ def test_conditional_sample_grid_has_a_row_per_class(make_config):
   assert samples.shape == (20, 28, 28, 1) and 0.0 <= float(samples.min()) <= float(samples.max()) <= 1.0
 
 
+def test_infogan_codes_shape_the_images_and_q_learns_to_read_them(make_config):
+  # G's images depend on the code; the code's cross-entropy, which G and Q both minimise,
+  # falls well below log K within a few dozen steps; samples cycle through the codes.
+  config, state, batch = _state_and_batch(make_config, 'dcgan', model__info_codes=10, gan__info_weight=2.0,
+                                          optim__lr=2e-3)
+  z = jnp.zeros((10, state.model.latents))
+  images = state.model.apply({'params': state.params, 'batch_stats': state.batch_stats}, z, jnp.arange(10),
+                             train=False, method='generate')
+  assert float(jnp.min(jnp.abs(images[0] - images[1:]).max(axis=(1, 2, 3)))) > 1e-4
+  step = jax.jit(gan.train_step)
+  losses = []
+  for _ in range(40):
+    state, metrics = step(state, batch)
+    losses.append(float(metrics['code_loss']))
+  assert losses[0] > 0.9 * np.log(10) and np.mean(losses[-5:]) < 0.5 * np.log(10), losses
+  grid = gan.sample_images(state, config, None)['samples']
+  assert grid.shape[0] == 10 * 30 + 2  # a row per code
+
+
 def test_gan_validation_is_one_line(make_config):
   for overrides, match in ((dict(data__scale='zero_one'), 'minus_one_one'),
                            (dict(gan__loss='wasserstein'), 'gan.loss'),
+                           (dict(model__info_codes=10, model__num_classes=10), 'unconditional'),
                            (dict(model__name='cnn'), 'not a GAN')):
     config = make_config('dcgan', **overrides)
     if overrides.get('model__name') == 'cnn':

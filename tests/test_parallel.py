@@ -175,11 +175,12 @@ def test_two_processes_train_like_one_process_with_all_the_devices(make_config, 
 
 
 def test_cpu_convolutions_without_ynnpack_train_alike(make_config, reference_run, tmp_path):
-  """config.cpu_convolutions='xla' compiles the steps with XLA's own convolutions: other kernels,
-  the same training up to floating-point order (DCGAN: transposed and strided convs, BatchNorm)."""
-  config = make_config('dcgan', cpu_convolutions='xla')
-  assert parallel.compiler_options(config) is not None
-  assert parallel.compiler_options(make_config('dcgan')) is None
-  train.train_and_evaluate(config, str(tmp_path / 'xla_convs'))
-  _assert_close(_final_params(config, str(tmp_path / 'xla_convs'))[1],
+  """config.cpu_convolutions='xla' (configs/dcgan.py's choice) compiles the steps with XLA's own
+  convolutions: other kernels than YNNPACK's, the same training up to floating-point order
+  (DCGAN: transposed and strided convs, BatchNorm)."""
+  config = make_config('dcgan', cpu_convolutions='ynnpack')
+  assert parallel.compiler_options(config) is None
+  assert parallel.compiler_options(make_config('dcgan')) is not None
+  train.train_and_evaluate(config, str(tmp_path / 'ynnpack_convs'))
+  _assert_close(_final_params(config, str(tmp_path / 'ynnpack_convs'))[1],
                 _final_params(make_config('dcgan'), reference_run('dcgan'))[1])

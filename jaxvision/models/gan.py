@@ -20,6 +20,16 @@ With `num_classes` > 0 a model is conditional: G gets a label embedding
 concatenated to z; D gets either the embedding concatenated to its input
 features (`conditioning='concat'`) or a projection term <embed(y), h>
 (`conditioning='projection'`, Miyato & Koyama 2018).
+
+With `info_codes` = K > 0 (DCGAN, unconditional) the model is an InfoGAN (Chen et
+al. 2016): G takes a K-way categorical code c in place of a label (embedded the
+same way), and D has a second head Q(c | x) on its features,
+
+    logits, code_logits = model.apply(v, images, train=..., method='discriminate_codes')  # [B], [B, K]
+
+so the task can reward G for codes that Q recovers from the image: G learns K
+discrete kinds of image, which on digits are mostly the classes, and stops
+making the in-between shapes a continuous latent alone gives.
 """
 import math
 
@@ -34,9 +44,11 @@ CONDITIONINGS = ('concat', 'projection')
 
 
 class _Logits(nn.Module):
-  """The discriminator's last step: logits from features h (and labels y)."""
+  """The discriminator's last step: logits from features h (and labels y); with
+  `info_codes` > 0 also the code logits of an InfoGAN's Q head, (logits, code_logits)."""
   num_classes: int
   conditioning: str
+  info_codes: int = 0
 
   @nn.compact
   def __call__(self, h, y):
@@ -44,7 +56,10 @@ class _Logits(nn.Module):
     if self.num_classes and self.conditioning == 'projection':
       embed = nn.Embed(self.num_classes, h.shape[-1], name='label_projection')(y)
       logits = logits + jnp.sum(embed * h, axis=-1)
-    return logits
+    if not self.info_codes:
+      return logits
+    q = nn.leaky_relu(nn.Dense(128, name='code_hidden')(h), 0.2)
+    return logits, nn.Dense(self.info_codes, name='code')(q)
 
 
 class MLPGenerator(nn.Module):
@@ -127,6 +142,7 @@ class DCGANDiscriminator(nn.Module):
   num_classes: int
   conditioning: str
   conv_impl: str = 'im2col'
+  info_codes: int = 0
 
   @nn.compact
   def __call__(self, x, y, *, train: bool):
@@ -140,38 +156,52 @@ class DCGANDiscriminator(nn.Module):
                          name=f'conv{i}')
       h = nn.leaky_relu(conv(h), 0.2)
       h = layers.Dropout(self.dropout, deterministic=not train)(h)
-    return _Logits(self.num_classes, self.conditioning, name='head')(h.reshape(x.shape[0], -1), y)
+    return _Logits(self.num_classes, self.conditioning, self.info_codes, name='head')(
+        h.reshape(x.shape[0], -1), y)
 
 
 class _GAN(nn.Module):
   """Shared interface; subclasses build `self.generator` and `self.discriminator` in setup."""
 
-  def _check(self, y, n: int) -> None:
+  info_codes = 0  # InfoGAN's categorical code (DCGAN only)
+
+  def _check(self, y, n: int, what: str = 'labels') -> None:
     if self.conditioning not in CONDITIONINGS:
       raise ValueError(f'model.conditioning={self.conditioning!r}; use one of {CONDITIONINGS}')
-    if self.num_classes:
+    if self.num_classes and self.info_codes:
+      raise ValueError('model.info_codes is for unconditional GANs; set model.num_classes=0')
+    if (self.num_classes if what == 'labels' else self.num_classes or self.info_codes):
       if y is None:
-        raise ValueError('a conditional GAN (model.num_classes > 0) needs labels y')
+        raise ValueError(f'this GAN (model.num_classes={self.num_classes}, model.info_codes='
+                         f'{self.info_codes}) needs {what} y')
       chex.assert_shape(y, (n,))
     elif y is not None:
-      raise ValueError('an unconditional GAN (model.num_classes = 0) takes no labels')
+      raise ValueError(f'an unconditional GAN (model.num_classes = 0) takes no {what}')
 
   def generate(self, z, y=None, *, train: bool):
+    """Images from latents z and labels (conditional) or codes (InfoGAN) y."""
     chex.assert_shape(z, (None, self.latents))
-    self._check(y, z.shape[0])
+    self._check(y, z.shape[0], 'labels or codes')
     images = self.generator(z, y, train=train)
     chex.assert_shape(images, (z.shape[0], *self.image_shape))
     return images
 
   def discriminate(self, x, y=None, *, train: bool):
+    logits = self.discriminate_codes(x, y, train=train)
+    return logits[0] if self.info_codes else logits
+
+  def discriminate_codes(self, x, y=None, *, train: bool):
+    """D's logits f32[B]; for an InfoGAN (logits, code logits f32[B, info_codes])."""
     chex.assert_shape(x, (None, *self.image_shape))
     self._check(y, x.shape[0])
-    logits = self.discriminator(x, y, train=train)
-    chex.assert_shape(logits, (x.shape[0],))
-    return logits
+    out = self.discriminator(x, y, train=train)
+    chex.assert_shape(out, [(x.shape[0],), (x.shape[0], self.info_codes)] if self.info_codes
+                      else (x.shape[0],))
+    return out
 
   def __call__(self, z, y=None, *, train: bool = False):
-    return self.discriminate(self.generate(z, y, train=train), y, train=train)
+    return self.discriminate_codes(self.generate(z, y, train=train), None if self.info_codes else y,
+                                   train=train)
 
 
 class MLPGAN(_GAN):
@@ -199,12 +229,13 @@ class DCGAN(_GAN):
   bn_momentum: float = 0.9
   upsample: str = 'subpixel'  # or 'transpose' (nn.ConvTranspose 4x4, stride 2)
   conv_impl: str = 'im2col'
+  info_codes: int = 0  # > 0: an InfoGAN with a categorical code of this many values
   image_shape: tuple[int, ...] = (28, 28, 1)
 
   def setup(self):
     if self.upsample not in ('subpixel', 'transpose'):
       raise ValueError(f'model.upsample={self.upsample!r}; use subpixel or transpose')
-    self.generator = DCGANGenerator(self.g_features, self.num_classes, self.bn_momentum, self.image_shape,
-                                    self.upsample, self.conv_impl)
+    self.generator = DCGANGenerator(self.g_features, self.num_classes or self.info_codes, self.bn_momentum,
+                                    self.image_shape, self.upsample, self.conv_impl)
     self.discriminator = DCGANDiscriminator(self.d_features, self.d_dropout, self.num_classes,
-                                            self.conditioning, self.conv_impl)
+                                            self.conditioning, self.conv_impl, self.info_codes)

@@ -11,7 +11,10 @@ b1 = 0.5 by default; `gan.g_lr` / `gan.d_lr` set them apart). Losses:
 `gan.loss='bce'` — the minimax BCE objective for D and the non-saturating
 -log D(G(z)) for G — or `'hinge'`. An exponential moving average of the
 generator's parameters (`gan.ema_decay`) is kept in the state and used for
-samples and metrics. Randomness (latents, dropout) comes from
+samples and metrics. With `model.info_codes` = K > 0 the GAN is an InfoGAN: G
+also gets a uniform K-way code c, D's Q head predicts it, and both networks add
+`gan.info_weight` x cross-entropy(Q(G(z, c)), c) to their losses (a lower
+bound on the mutual information of c and the image). Randomness (latents, dropout) comes from
 `fold_in(state.rng, state.step)`; latents are drawn through `parallel.batch_rows`
 and gradients and metrics averaged by `parallel.batch_mean`, so the pmap path
 trains like the jit path.
@@ -46,6 +49,7 @@ class StepOptions:
   seed: int = 0
   g_lr: Any = None  # schedules, logged as train/g_lr and train/d_lr
   d_lr: Any = None
+  info_weight: float = 1.0
 
 
 @struct.dataclass
@@ -77,6 +81,9 @@ def validate(config) -> None:
   if config.freeze or config.init_from.path:
     raise ConfigError('freeze and init_from are not supported by task gan (two optimizers); '
                       'leave them unset')
+  if config.model.get('info_codes', 0) and (config.model.num_classes or config.gan.info_weight <= 0):
+    raise ConfigError(f'model.info_codes={config.model.info_codes} (InfoGAN) needs an unconditional '
+                      f'model and gan.info_weight > 0; set model.num_classes=0, gan.info_weight=1')
   if config.gan.d_steps < 1 or not 0.0 <= config.gan.ema_decay < 1.0:
     raise ConfigError(f'gan.d_steps={config.gan.d_steps} must be >= 1 and '
                       f'gan.ema_decay={config.gan.ema_decay} in [0, 1)')
@@ -96,11 +103,13 @@ def init(config, rng, sample_batch) -> GANState:
   model = models.get(config.model).clone(image_shape=tuple(sample_batch['image'].shape[1:]))
   (g_tx, g_lr), (d_tx, d_lr) = _txs(config)
   opts = StepOptions(loss=config.gan.loss, d_steps=int(config.gan.d_steps),
-                     ema_decay=float(config.gan.ema_decay), seed=int(config.seed), g_lr=g_lr, d_lr=d_lr)
+                     ema_decay=float(config.gan.ema_decay), seed=int(config.seed), g_lr=g_lr, d_lr=d_lr,
+                     info_weight=float(config.gan.info_weight))
   init_rng, state_rng = jax.random.split(rng)
   n = sample_batch['image'].shape[0]
   z = jnp.zeros((n, model.latents))
-  variables = model.init({'params': init_rng, 'dropout': init_rng}, z, _labels(model, sample_batch))
+  y = jnp.zeros((n,), jnp.int32) if model.info_codes else _labels(model, sample_batch)
+  variables = model.init({'params': init_rng, 'dropout': init_rng}, z, y)
   params = variables['params']
   return GANState(step=jnp.zeros((), jnp.int32), params=params,
                   batch_stats=variables.get('batch_stats', {}),
@@ -111,6 +120,24 @@ def init(config, rng, sample_batch) -> GANState:
 
 def _labels(model, batch):
   return batch['label'] if model.num_classes else None
+
+
+def _g_classes(model) -> int:
+  """How many values G's label-or-code input takes (0: none)."""
+  return model.num_classes or model.info_codes
+
+
+def _g_inputs(model, key, y, n: int):
+  """G's second input: the labels of a conditional GAN, a uniform code of an InfoGAN, or None."""
+  if not model.info_codes:
+    return y
+  return parallel.batch_rows(lambda s: jax.random.randint(jax.random.fold_in(key, 1), s, 0, model.info_codes),
+                             (n,))
+
+
+def _code_loss(code_logits, codes) -> jax.Array:
+  """InfoGAN's -E log Q(c | G(z, c)): the cross-entropy of the code head on the fakes."""
+  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(code_logits, codes))
 
 
 def _check_batch(batch) -> None:
@@ -159,7 +186,7 @@ def ema_batch_stats(state: GANState):
   model = state.model
   key = jax.random.fold_in(jax.random.PRNGKey(state.opts.seed), _STANDING_SALT)
   z = jax.random.normal(key, (_STANDING_BATCH, model.latents))
-  y = jnp.arange(_STANDING_BATCH) % model.num_classes if model.num_classes else None
+  y = jnp.arange(_STANDING_BATCH) % _g_classes(model) if _g_classes(model) else None
   zeros = jax.tree.map(jnp.zeros_like, state.batch_stats)
   _, updates = model.apply({'params': {'generator': state.ema_params}, 'batch_stats': zeros}, z, y,
                            train=True, method='generate', mutable=['batch_stats'])
@@ -176,9 +203,11 @@ def _latents(key, n: int, latents: int):
   return parallel.batch_rows(lambda s: jax.random.normal(key, s), (n, latents))
 
 
-def _discriminate(state, d_params, x, y, rng, *, train: bool):
+def _discriminate(state, d_params, x, y, rng, *, train: bool, codes: bool = False):
+  """D's logits; with codes=True (an InfoGAN) (logits, code logits)."""
   return state.model.apply({'params': {'discriminator': d_params}}, x, y, train=train,
-                           method='discriminate', rngs={'dropout': rng} if train else None)
+                           method='discriminate_codes' if codes else 'discriminate',
+                           rngs={'dropout': rng} if train else None)
 
 
 def train_step(state: GANState, batch) -> tuple[GANState, dict]:
@@ -189,30 +218,37 @@ def train_step(state: GANState, batch) -> tuple[GANState, dict]:
   keys = jax.random.split(jax.random.fold_in(state.rng, state.step), 2 * opts.d_steps + 2)
   g_params, d_params, d_opt_state = state.params['generator'], state.params['discriminator'], state.d_opt_state
 
+  info = bool(model.info_codes)
   for k in range(opts.d_steps):  # D: fakes from the current G, no gradient into G
     z = _latents(keys[2 * k], n, model.latents)
-    fake, _ = _generate(state, g_params, z, y, train=True)
+    c = _g_inputs(model, keys[2 * k], y, n)
+    fake, _ = _generate(state, g_params, z, c, train=True)
     fake = jax.lax.stop_gradient(fake)
 
-    def d_loss_fn(d_params, drop_rng=keys[2 * k + 1], fake=fake):
+    def d_loss_fn(d_params, drop_rng=keys[2 * k + 1], fake=fake, c=c):
       with parallel.stacked_batches(2):
         both = _discriminate(state, d_params, jnp.concatenate([real, fake]),
-                             None if y is None else jnp.concatenate([y, y]), drop_rng, train=True)
-      return d_loss(opts.loss, both[:n], both[n:]), both
+                             None if y is None else jnp.concatenate([y, y]), drop_rng, train=True, codes=info)
+      both, code_loss = (both[0], _code_loss(both[1][n:], c)) if info else (both, 0.0)
+      adversarial = d_loss(opts.loss, both[:n], both[n:])
+      return adversarial + opts.info_weight * code_loss if info else adversarial, (both, adversarial, code_loss)
 
-    (dl, logits), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(d_params)
+    (_, (logits, dl, d_code_loss)), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(d_params)
     d_grads = parallel.batch_mean(d_grads)
     d_updates, d_opt_state = state.d_tx.update(d_grads, d_opt_state, d_params)
     d_params = optax.apply_updates(d_params, d_updates)
 
   z = _latents(keys[-2], n, model.latents)
+  c = _g_inputs(model, keys[-2], y, n)
 
   def g_loss_fn(g_params):  # G: through the updated D, whose params get no update here
-    fake, batch_stats = _generate(state, g_params, z, y, train=True)
-    fake_logits = _discriminate(state, d_params, fake, y, keys[-1], train=True)
-    return g_loss(opts.loss, fake_logits), batch_stats
+    fake, batch_stats = _generate(state, g_params, z, c, train=True)
+    fake_logits = _discriminate(state, d_params, fake, y, keys[-1], train=True, codes=info)
+    fake_logits, code_loss = (fake_logits[0], _code_loss(fake_logits[1], c)) if info else (fake_logits, 0.0)
+    adversarial = g_loss(opts.loss, fake_logits)
+    return adversarial + opts.info_weight * code_loss if info else adversarial, (batch_stats, adversarial)
 
-  (gl, batch_stats), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(g_params)
+  (_, (batch_stats, gl)), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(g_params)
   g_grads = parallel.batch_mean(g_grads)
   g_updates, g_opt_state = state.g_tx.update(g_grads, state.g_opt_state, g_params)
   g_params = optax.apply_updates(g_params, g_updates)
@@ -224,6 +260,8 @@ def train_step(state: GANState, batch) -> tuple[GANState, dict]:
   metrics = parallel.batch_mean({
       'loss': dl + gl, 'd_loss': dl, 'g_loss': gl,
       'd_real': jnp.mean(jax.nn.sigmoid(logits[:n])), 'd_fake': jnp.mean(jax.nn.sigmoid(logits[n:]))})
+  if info:
+    metrics['code_loss'] = parallel.batch_mean(d_code_loss)
   metrics.update(g_grad_norm=optax.global_norm(g_grads), d_grad_norm=optax.global_norm(d_grads),
                  g_lr=opts.g_lr(state.step), d_lr=opts.d_lr(state.step))
   return new_state, metrics
@@ -240,7 +278,7 @@ def eval_step(state: GANState, batch) -> dict:
   _check_batch(batch)
   real, y, mask = batch['image'], _labels(state.model, batch), batch['mask']
   z = _eval_latents(state, real.shape[0])
-  fake = _generate_ema(state, z, y)
+  fake = _generate_ema(state, z, _cycled(state.model, real.shape[0]) if state.model.info_codes else y)
   d = state.params['discriminator']
   real_logits = _discriminate(state, d, real, y, None, train=False)
   fake_logits = _discriminate(state, d, fake, y, None, train=False)
@@ -250,10 +288,15 @@ def eval_step(state: GANState, batch) -> dict:
           'd_fake': jnp.sum(jax.nn.sigmoid(fake_logits) * mask), 'count': jnp.sum(mask)}
 
 
+def _cycled(model, n: int):
+  return jnp.arange(n) % _g_classes(model)
+
+
 def sample(state: GANState, rng, n: int, labels=None) -> jax.Array:
-  """n images in [0, 1] from the EMA generator; a conditional model cycles through the classes."""
-  if state.model.num_classes and labels is None:
-    labels = jnp.arange(n) % state.model.num_classes
+  """n images in [0, 1] from the EMA generator; a conditional model cycles through the classes,
+  an InfoGAN through its codes (an even share of each: the uniform prior, stratified)."""
+  if _g_classes(state.model) and labels is None:
+    labels = _cycled(state.model, n)
   z = jax.random.normal(rng, (n, state.model.latents))
   return (_generate_ema(state, z, labels) + 1.0) / 2.0
 
@@ -265,9 +308,10 @@ def _sample_fixed(state: GANState, z, y):
 
 def sample_images(state: GANState, config, batch) -> dict:
   """uint8 grid 'samples' from latents fixed at the start of the run (a function of the seed);
-  for a conditional model one row per class, the same latent down each column."""
+  for a conditional model one row per class (an InfoGAN: per code), the same latent down each
+  column."""
   del batch
-  num_classes = state.model.num_classes
+  num_classes = _g_classes(state.model)
   key = jax.random.fold_in(jax.random.PRNGKey(config.seed), _SAMPLE_SALT)
   if num_classes:
     z = jnp.tile(jax.random.normal(key, (_COLS, state.model.latents)), (num_classes, 1))

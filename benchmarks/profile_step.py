@@ -1,0 +1,150 @@
+"""Where a jaxvision train step spends its time: a jax.profiler trace, summed by kind of op.
+
+    python benchmarks/profile_step.py                        # the six benchmark models, batch 128
+    python benchmarks/profile_step.py --models resnet --set cpu_convolutions=xla
+    python benchmarks/profile_step.py --models vae --trace-dir /tmp/vae_trace   # keep the trace
+
+For each model (configs/<model>.py, the product's step exactly as `run.py` jits it, on one
+batch of real training images) it times the step, then traces `--steps` steps with
+`jax.profiler.trace(create_perfetto_trace=True)` and sums the durations of XLA:CPU's op
+events per step, by what the op computes (read from the compiled HLO):
+
+  conv (ynn) / conv (xla)    convolutions, in YNNPACK or XLA's own emitter
+  dot (ynn) / dot (xla)      matmuls
+  layout (transpose, copy)   fusions that only move data: transposes and copies
+  elementwise                other loop fusions (activations, BatchNorm arithmetic, optimizer)
+  reduce                     fusions with a reduction (BatchNorm statistics, losses)
+  loop (while)               while loops (im2col's chunked convs, the LSTM's scan), their bodies included
+
+No torch needed. The trace can be opened in Perfetto (ui.perfetto.dev) or TensorBoard.
+Percentages are of the summed op time, which is close to the step time when the ops keep
+both cores busy; XLA's own convolutions run on Eigen's pool and are partly outside the trace
+(`traced` < 100 % of the step then).
+"""
+import argparse
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+MODELS = ('cnn', 'resnet', 'vit', 'lstm', 'dcgan', 'conv_vae')
+KINDS = ('conv (ynn)', 'conv (xla)', 'dot (ynn)', 'dot (xla)', 'layout (transpose, copy)', 'elementwise',
+         'reduce', 'loop (while)')
+
+
+def op_kinds(hlo_text: str) -> dict:
+  """{instruction name: kind} for the entry computation's instructions of a compiled HLO module."""
+  bodies = {m.group(1): m.group(2) for m in re.finditer(r'^%?([\w.\-]+) [^\n]*\{\n(.*?)\n\}', hlo_text, re.S | re.M)}
+  kinds = {}
+  for m in re.finditer(r'^\s+(?:ROOT )?%?([\w.\-]+) = \S+ ([\w\-]+)\(([^\n]*)$', hlo_text, re.M):
+    name, opcode, rest = m.groups()
+    called = re.search(r'calls=%?([\w.\-]+)', rest)
+    body = bodies.get(called.group(1), '') if called else ''
+    ops = set(re.findall(r' ([a-z][\w\-]*)\(', body)) | {opcode}
+    engine = '(ynn)' if name.startswith('ynn') else '(xla)'
+    if opcode == 'while':
+      kinds[name] = 'loop (while)'
+    elif 'convolution' in ops:
+      kinds[name] = f'conv {engine}'
+    elif 'dot' in ops:
+      kinds[name] = f'dot {engine}'
+    elif ops & {'reduce', 'reduce-window'}:
+      kinds[name] = 'reduce'
+    elif opcode in ('copy', 'transpose') or name.startswith(('transpose', 'copy')) or ops <= {
+        'fusion', 'copy', 'transpose', 'bitcast', 'parameter', 'slice', 'concatenate', 'pad', 'reshape',
+        'broadcast', 'tuple', 'get-tuple-element'}:
+      kinds[name] = 'layout (transpose, copy)'
+    else:
+      kinds[name] = 'elementwise'
+  return kinds
+
+
+def op_times(trace_dir: str, steps: int) -> dict:
+  """{event name: microseconds per step} of the complete events in the trace under trace_dir."""
+  path = glob.glob(os.path.join(trace_dir, '**', '*.trace.json.gz'), recursive=True)[0]
+  with gzip.open(path) as f:
+    events = json.load(f)['traceEvents']
+  total = collections.Counter()
+  for e in events:
+    if e.get('ph') == 'X':
+      total[e['name']] += e['dur'] / steps
+  return total
+
+
+def profile(name: str, overrides: list[str], batch: int, steps: int, trace_dir: str) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  from jaxvision import config as config_lib  # pylint: disable=g-import-not-at-top
+  from jaxvision import train  # pylint: disable=g-import-not-at-top
+  from jaxvision.data import pipeline  # pylint: disable=g-import-not-at-top
+  config = config_lib.from_file(os.path.join(ROOT, 'configs', f'{name}.py'))
+  config.data.batch_size = batch
+  config.eval.fd_samples = 0
+  config.train.progress = False
+  for item in overrides:  # KEY=VALUE, the value cast to the type of the config's current one
+    key, value = item.split('=', 1)
+    *parents, leaf = key.split('.')
+    node = config
+    for p in parents:
+      node = node[p]
+    node[leaf] = type(node[leaf])(value)
+  exp = train.setup(config, tempfile.mkdtemp(prefix='profile_'))
+  batch_ = exp.train_batch(next(iter(pipeline.train_dataset(exp.config, exp.train_split))))
+  compiled = exp.train_step.lower(exp.state, batch_).compile()
+  state = exp.state
+  for _ in range(3):
+    state, metrics = compiled(state, batch_)
+  jax.block_until_ready((state, metrics))
+  t = time.perf_counter()
+  for _ in range(steps):
+    state, metrics = compiled(state, batch_)
+  jax.block_until_ready((state, metrics))
+  step_us = (time.perf_counter() - t) / steps * 1e6
+  with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+    for _ in range(steps):
+      state, metrics = compiled(state, batch_)
+    jax.block_until_ready((state, metrics))
+  kinds = op_kinds(compiled.as_text())
+  by_kind = collections.Counter()
+  for event, us in op_times(trace_dir, steps).items():
+    if event in kinds:
+      by_kind[kinds[event]] += us
+  traced = sum(by_kind.values())
+  return {'model': name, 'overrides': overrides, 'batch': batch, 'step_ms': step_us / 1e3,
+          'images_per_s': batch / step_us * 1e6, 'traced_ms': traced / 1e3,
+          'ms_by_kind': {k: by_kind[k] / 1e3 for k in KINDS if by_kind[k]}}
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  ap.add_argument('--models', default=','.join(MODELS), help='comma-separated config names')
+  ap.add_argument('--batch', type=int, default=128)
+  ap.add_argument('--steps', type=int, default=5, help='steps timed and traced')
+  ap.add_argument('--set', action='append', default=[], help='config override KEY=VALUE (repeatable)')
+  ap.add_argument('--trace-dir', default='', help='keep the traces here (default: a temporary folder)')
+  ap.add_argument('--out', default='', help='also write the rows as JSON here')
+  args = ap.parse_args(argv)
+  sys.path.insert(0, ROOT)
+  rows = []
+  for name in [m for m in args.models.split(',') if m]:
+    trace_dir = os.path.join(args.trace_dir, name) if args.trace_dir else tempfile.mkdtemp(prefix='trace_')
+    row = profile(name, args.set, args.batch, args.steps, trace_dir)
+    rows.append(row)
+    print(f"\n{name} {' '.join(args.set)}: {row['step_ms']:.1f} ms/step ({row['images_per_s']:.0f} images/s), "
+          f"ops traced {row['traced_ms']:.1f} ms ({100 * row['traced_ms'] / row['step_ms']:.0f} %)")
+    for kind, ms in sorted(row['ms_by_kind'].items(), key=lambda kv: -kv[1]):
+      print(f'  {kind:26s} {ms:8.1f} ms  {100 * ms / row["traced_ms"]:5.1f} %')
+  if args.out:
+    with open(args.out, 'w') as f:
+      json.dump(rows, f, indent=1)
+  return rows
+
+
+if __name__ == '__main__':
+  main()
