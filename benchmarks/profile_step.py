@@ -14,12 +14,14 @@ events per step, by what the op computes (read from the compiled HLO):
   layout (transpose, copy)   fusions that only move data: transposes and copies
   elementwise                other loop fusions (activations, BatchNorm arithmetic, optimizer)
   reduce                     fusions with a reduction (BatchNorm statistics, losses)
-  loop (while)               while loops (im2col's chunked convs, the LSTM's scan), their bodies included
+
+(ops inside loops, such as im2col's chunked convs and the LSTM's scan, count as themselves).
 
 No torch needed. The trace can be opened in Perfetto (ui.perfetto.dev) or TensorBoard.
-Percentages are of the summed op time, which is close to the step time when the ops keep
-both cores busy; XLA's own convolutions run on Eigen's pool and are partly outside the trace
-(`traced` < 100 % of the step then).
+Percentages are of the summed op time. XLA:CPU runs independent ops on both cores at once,
+so the sum can exceed the step time (`traced` > 100 %); XLA's own convolutions run on
+Eigen's pool, mostly outside the trace (`traced` well under 100 % with
+`cpu_convolutions='xla'`: the missing time is theirs).
 """
 import argparse
 import collections
@@ -36,22 +38,35 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 MODELS = ('cnn', 'resnet', 'vit', 'lstm', 'dcgan', 'conv_vae')
 KINDS = ('conv (ynn)', 'conv (xla)', 'dot (ynn)', 'dot (xla)', 'layout (transpose, copy)', 'elementwise',
-         'reduce', 'loop (while)')
+         'reduce')
 
 
 def op_kinds(hlo_text: str) -> dict:
-  """{instruction name: kind} for the entry computation's instructions of a compiled HLO module."""
+  """{instruction name: kind} for the instructions of a compiled HLO module (loops and calls left out)."""
   bodies = {m.group(1): m.group(2) for m in re.finditer(r'^%?([\w.\-]+) [^\n]*\{\n(.*?)\n\}', hlo_text, re.S | re.M)}
   kinds = {}
-  for m in re.finditer(r'^\s+(?:ROOT )?%?([\w.\-]+) = \S+ ([\w\-]+)\(([^\n]*)$', hlo_text, re.M):
-    name, opcode, rest = m.groups()
+  for m in re.finditer(r'^\s+(?:ROOT )?%?([\w.\-]+) = ([^\n]*)$', hlo_text, re.M):
+    name, rest = m.groups()
+    if rest.startswith('('):  # a tuple type: skip to its closing parenthesis
+      depth, i = 0, 0
+      for i, ch in enumerate(rest):
+        depth += {'(': 1, ')': -1}.get(ch, 0)
+        if depth == 0:
+          break
+      rest = rest[i + 1:]
+    else:
+      rest = rest.split(' ', 1)[1] if ' ' in rest else ''
+    op = re.match(r'\s*([\w\-]+)\(', rest)
+    if not op:
+      continue
+    opcode = op.group(1)
     called = re.search(r'calls=%?([\w.\-]+)', rest)
     body = bodies.get(called.group(1), '') if called else ''
     ops = set(re.findall(r' ([a-z][\w\-]*)\(', body)) | {opcode}
     engine = '(ynn)' if name.startswith('ynn') else '(xla)'
-    if opcode == 'while':
-      kinds[name] = 'loop (while)'
-    elif 'convolution' in ops:
+    if opcode in ('while', 'call', 'conditional'):
+      continue  # their bodies' ops have events of their own
+    if 'convolution' in ops:
       kinds[name] = f'conv {engine}'
     elif 'dot' in ops:
       kinds[name] = f'dot {engine}'

@@ -14,5 +14,5 @@ from jaxvision import config as config_lib
 def get_config(preset: str = ''):
   c = config_lib.from_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'cnn.py'), preset)
   c.data.synthetic.mode = 'only'
-  c.data.synthetic.path = ''  # required: the generator's samples .npz
+  c.data.synthetic.path = config_lib.required()  # the generator's samples .npz
   return c

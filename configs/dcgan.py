@@ -43,10 +43,10 @@ def get_config(preset: str = ''):
   # XLA:CPU's own convolutions instead of YNNPACK's: 1.16x on this step (benchmarks/README.md).
   c.cpu_convolutions = 'xla'
 
-  c.train.steps = 4000  # 32 epochs of the 8,000 training images
+  c.train.steps = 8000  # 64 epochs of the 8,000 training images
   c.train.log_every = 50
-  c.train.eval_every = 1000
-  c.train.ckpt_every = 1000
+  c.train.eval_every = 2000
+  c.train.ckpt_every = 2000
 
   if preset == 'smoke':
     config_lib.smoke(c)

@@ -106,6 +106,7 @@ def base() -> ml_collections.ConfigDict:
   c.gan.g_lr = 0.0  # 0 = optim.lr
   c.gan.d_lr = 0.0  # 0 = optim.lr
   c.gan.info_weight = 1.0  # InfoGAN (model.info_codes > 0): weight of the code's cross-entropy
+  c.gan.r1_gamma = 0.0  # R1 penalty on D: gamma / 2 x E ||grad_x D(x_real)||^2; 0 = off
 
   c.parallel = 'jit'  # 'jit' (shardings from the mesh) or 'pmap' (data parallel over all devices)
   # XLA:CPU only: who runs the convolutions of the jitted steps: 'ynnpack' (XLA's default) or 'xla'
@@ -134,9 +135,27 @@ def _positive(config, key: str) -> None:
     raise ConfigError(f'{key}={value!r} must be > 0')
 
 
+def required(kind=str):
+  """A config value that the user must give on the command line (a preset's input path):
+  None until set; `validate` names it if it is still missing."""
+  return ml_collections.config_dict.placeholder(kind)
+
+
+def _missing(config, prefix: str = '') -> list[str]:
+  out = []
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      out += _missing(value, f'{prefix}{key}.')
+    elif value is None:
+      out.append(prefix + key)
+  return out
+
+
 def validate(config) -> None:
   """Checks that need no data and no devices; raises ConfigError."""
   from jaxvision import models, tasks  # registries; imported late to keep this module light
+  for key in _missing(config):
+    raise ConfigError(f'{key} is required by this config and not set; give --config.{key}=...')
   _choice(config, 'task', sorted(tasks.TASKS))
   _choice(config, 'model.name', sorted(models.MODELS))
   models.check_kwargs(config.model)

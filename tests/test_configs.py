@@ -11,7 +11,8 @@ from jaxvision import train, writers
 
 NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 'configs', '*.py')))
 # Configs whose smoke preset needs a path the user supplies, and the one-line error without it.
-NEEDS = {'cas': ('data__synthetic__path', 'data.synthetic.mode=only needs data.synthetic.path')}
+NEEDS = {'cas': ('data__synthetic__path', 'data.synthetic.path is required by this config and not set; '
+                                           'give --config.data.synthetic.path=')}
 
 
 def _fake_samples(path):
@@ -45,6 +46,13 @@ def test_cas_smoke_trains_only_on_the_samples_and_tests_on_real_digits(make_conf
   assert final['eval/accuracy'] < 0.3 and np.isfinite(final['eval/loss'])
   info = writers.read_json(str(tmp_path / 'w' / 'run.json'))
   assert '+synthetic[only]/n=64/' in info['data']['train']
+
+
+@pytest.mark.parametrize('preset, key', [('synthetic', 'data.synthetic.path'), ('finetune', 'init_from.path')])
+def test_augment_presets_name_the_path_they_need(preset, key):
+  with pytest.raises(config_lib.ConfigError, match=f'{key} is required by this config'):
+    config_lib.validate(load_config('augment', preset))
+  config_lib.validate(load_config('augment', preset, **{key.replace('.', '__'): 'runs/x'}))
 
 
 def test_augment_smoke_adds_the_samples_to_1000_real_digits(make_config, tmp_path):

@@ -117,10 +117,28 @@ def test_infogan_codes_shape_the_images_and_q_learns_to_read_them(make_config):
   assert grid.shape[0] == 10 * 30 + 2  # a row per code
 
 
+def test_r1_penalty_is_the_squared_input_gradient_and_enters_d_loss_only(make_config):
+  # For a linear D(x) = <w, x> the penalty is ||w||^2 for every image.
+  w = jax.random.normal(jax.random.PRNGKey(1), (28, 28, 1))
+  real = jax.random.normal(jax.random.PRNGKey(2), (5, 28, 28, 1))
+  penalty = gan.r1_penalty(lambda x: jnp.sum(x * w, axis=(1, 2, 3)), real)
+  np.testing.assert_allclose(penalty, jnp.sum(w ** 2), rtol=1e-5)
+  # In the step: another D update than without it, and the penalty reported.
+  _, state, batch = _state_and_batch(make_config, 'dcgan')
+  _, with_r1, _ = _state_and_batch(make_config, 'dcgan', gan__r1_gamma=10.0)
+  plain, _ = jax.jit(gan.train_step)(state, batch)
+  new, metrics = jax.jit(gan.train_step)(with_r1, batch)
+  assert float(metrics['r1']) > 0
+  diff = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), new.params['discriminator'],
+                      plain.params['discriminator'])
+  assert max(jax.tree.leaves(diff)) > 1e-6
+
+
 def test_gan_validation_is_one_line(make_config):
   for overrides, match in ((dict(data__scale='zero_one'), 'minus_one_one'),
                            (dict(gan__loss='wasserstein'), 'gan.loss'),
                            (dict(model__info_codes=10, model__num_classes=10), 'unconditional'),
+                           (dict(gan__r1_gamma=-1.0), 'r1_gamma'),
                            (dict(model__name='cnn'), 'not a GAN')):
     config = make_config('dcgan', **overrides)
     if overrides.get('model__name') == 'cnn':

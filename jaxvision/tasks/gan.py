@@ -14,7 +14,9 @@ generator's parameters (`gan.ema_decay`) is kept in the state and used for
 samples and metrics. With `model.info_codes` = K > 0 the GAN is an InfoGAN: G
 also gets a uniform K-way code c, D's Q head predicts it, and both networks add
 `gan.info_weight` x cross-entropy(Q(G(z, c)), c) to their losses (a lower
-bound on the mutual information of c and the image). Randomness (latents, dropout) comes from
+bound on the mutual information of c and the image). `gan.r1_gamma` > 0 adds
+Mescheder et al.'s (2018) R1 penalty to D's loss, gamma / 2 x E ||grad_x D(x)||^2
+on the real images. Randomness (latents, dropout) comes from
 `fold_in(state.rng, state.step)`; latents are drawn through `parallel.batch_rows`
 and gradients and metrics averaged by `parallel.batch_mean`, so the pmap path
 trains like the jit path.
@@ -50,6 +52,7 @@ class StepOptions:
   g_lr: Any = None  # schedules, logged as train/g_lr and train/d_lr
   d_lr: Any = None
   info_weight: float = 1.0
+  r1_gamma: float = 0.0
 
 
 @struct.dataclass
@@ -84,6 +87,8 @@ def validate(config) -> None:
   if config.model.get('info_codes', 0) and (config.model.num_classes or config.gan.info_weight <= 0):
     raise ConfigError(f'model.info_codes={config.model.info_codes} (InfoGAN) needs an unconditional '
                       f'model and gan.info_weight > 0; set model.num_classes=0, gan.info_weight=1')
+  if config.gan.r1_gamma < 0:
+    raise ConfigError(f'gan.r1_gamma={config.gan.r1_gamma} must be >= 0 (0 = no R1 penalty)')
   if config.gan.d_steps < 1 or not 0.0 <= config.gan.ema_decay < 1.0:
     raise ConfigError(f'gan.d_steps={config.gan.d_steps} must be >= 1 and '
                       f'gan.ema_decay={config.gan.ema_decay} in [0, 1)')
@@ -104,7 +109,7 @@ def init(config, rng, sample_batch) -> GANState:
   (g_tx, g_lr), (d_tx, d_lr) = _txs(config)
   opts = StepOptions(loss=config.gan.loss, d_steps=int(config.gan.d_steps),
                      ema_decay=float(config.gan.ema_decay), seed=int(config.seed), g_lr=g_lr, d_lr=d_lr,
-                     info_weight=float(config.gan.info_weight))
+                     info_weight=float(config.gan.info_weight), r1_gamma=float(config.gan.r1_gamma))
   init_rng, state_rng = jax.random.split(rng)
   n = sample_batch['image'].shape[0]
   z = jnp.zeros((n, model.latents))
@@ -133,6 +138,12 @@ def _g_inputs(model, key, y, n: int):
     return y
   return parallel.batch_rows(lambda s: jax.random.randint(jax.random.fold_in(key, 1), s, 0, model.info_codes),
                              (n,))
+
+
+def r1_penalty(discriminate, real) -> jax.Array:
+  """E ||grad_x D(x)||^2 over the real images x (per image, summed over pixels)."""
+  grads = jax.grad(lambda x: jnp.sum(discriminate(x)))(real)
+  return jnp.mean(jnp.sum(jnp.square(grads).reshape(real.shape[0], -1), axis=-1))
 
 
 def _code_loss(code_logits, codes) -> jax.Array:
@@ -231,9 +242,12 @@ def train_step(state: GANState, batch) -> tuple[GANState, dict]:
                              None if y is None else jnp.concatenate([y, y]), drop_rng, train=True, codes=info)
       both, code_loss = (both[0], _code_loss(both[1][n:], c)) if info else (both, 0.0)
       adversarial = d_loss(opts.loss, both[:n], both[n:])
-      return adversarial + opts.info_weight * code_loss if info else adversarial, (both, adversarial, code_loss)
+      total = adversarial + opts.info_weight * code_loss if info else adversarial
+      penalty = r1_penalty(lambda x: _discriminate(state, d_params, x, y, drop_rng, train=True), real) \
+          if opts.r1_gamma else 0.0
+      return total + 0.5 * opts.r1_gamma * penalty if opts.r1_gamma else total, (both, adversarial, code_loss, penalty)
 
-    (_, (logits, dl, d_code_loss)), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(d_params)
+    (_, (logits, dl, d_code_loss, d_r1)), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(d_params)
     d_grads = parallel.batch_mean(d_grads)
     d_updates, d_opt_state = state.d_tx.update(d_grads, d_opt_state, d_params)
     d_params = optax.apply_updates(d_params, d_updates)
@@ -262,6 +276,8 @@ def train_step(state: GANState, batch) -> tuple[GANState, dict]:
       'd_real': jnp.mean(jax.nn.sigmoid(logits[:n])), 'd_fake': jnp.mean(jax.nn.sigmoid(logits[n:]))})
   if info:
     metrics['code_loss'] = parallel.batch_mean(d_code_loss)
+  if opts.r1_gamma:
+    metrics['r1'] = parallel.batch_mean(d_r1)
   metrics.update(g_grad_norm=optax.global_norm(g_grads), d_grad_norm=optax.global_norm(d_grads),
                  g_lr=opts.g_lr(state.step), d_lr=opts.d_lr(state.step))
   return new_state, metrics
