@@ -241,11 +241,14 @@ def train_step(state: GANState, batch) -> tuple[GANState, dict]:
         both = _discriminate(state, d_params, jnp.concatenate([real, fake]),
                              None if y is None else jnp.concatenate([y, y]), drop_rng, train=True, codes=info)
       both, code_loss = (both[0], _code_loss(both[1][n:], c)) if info else (both, 0.0)
-      adversarial = d_loss(opts.loss, both[:n], both[n:])
-      total = adversarial + opts.info_weight * code_loss if info else adversarial
-      penalty = r1_penalty(lambda x: _discriminate(state, d_params, x, y, drop_rng, train=True), real) \
-          if opts.r1_gamma else 0.0
-      return total + 0.5 * opts.r1_gamma * penalty if opts.r1_gamma else total, (both, adversarial, code_loss, penalty)
+      adversarial = total = d_loss(opts.loss, both[:n], both[n:])
+      if info:
+        total += opts.info_weight * code_loss
+      penalty = 0.0
+      if opts.r1_gamma:
+        penalty = r1_penalty(lambda x: _discriminate(state, d_params, x, y, drop_rng, train=True), real)
+        total += 0.5 * opts.r1_gamma * penalty
+      return total, (both, adversarial, code_loss, penalty)
 
     (_, (logits, dl, d_code_loss, d_r1)), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(d_params)
     d_grads = parallel.batch_mean(d_grads)
@@ -258,9 +261,11 @@ def train_step(state: GANState, batch) -> tuple[GANState, dict]:
   def g_loss_fn(g_params):  # G: through the updated D, whose params get no update here
     fake, batch_stats = _generate(state, g_params, z, c, train=True)
     fake_logits = _discriminate(state, d_params, fake, y, keys[-1], train=True, codes=info)
-    fake_logits, code_loss = (fake_logits[0], _code_loss(fake_logits[1], c)) if info else (fake_logits, 0.0)
-    adversarial = g_loss(opts.loss, fake_logits)
-    return adversarial + opts.info_weight * code_loss if info else adversarial, (batch_stats, adversarial)
+    if not info:
+      adversarial = g_loss(opts.loss, fake_logits)
+      return adversarial, (batch_stats, adversarial)
+    adversarial = g_loss(opts.loss, fake_logits[0])
+    return adversarial + opts.info_weight * _code_loss(fake_logits[1], c), (batch_stats, adversarial)
 
   (_, (batch_stats, gl)), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(g_params)
   g_grads = parallel.batch_mean(g_grads)
