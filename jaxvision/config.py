@@ -110,7 +110,8 @@ def base() -> ml_collections.ConfigDict:
 
   c.parallel = 'jit'  # 'jit' (shardings from the mesh) or 'pmap' (data parallel over all devices)
   # XLA:CPU only: who runs the convolutions of the jitted steps: 'ynnpack' (XLA's default) or 'xla'
-  # (YNNPACK fusion off for convolutions; 1.12x on the DCGAN step, see benchmarks/README.md)
+  # (YNNPACK fusion off for convolutions; configs/resnet.py and dcgan.py set it: 1.21x and 1.11x on
+  # their steps, see benchmarks/README.md)
   c.cpu_convolutions = 'ynnpack'
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # -1: all devices not used by the other axes
@@ -154,8 +155,9 @@ def _missing(config, prefix: str = '') -> list[str]:
 def validate(config) -> None:
   """Checks that need no data and no devices; raises ConfigError."""
   from jaxvision import models, tasks  # registries; imported late to keep this module light
-  for key in _missing(config):
-    raise ConfigError(f'{key} is required by this config and not set; give --config.{key}=...')
+  missing = _missing(config)
+  if missing:
+    raise ConfigError(f'{missing[0]} is required by this config and not set; give --config.{missing[0]}=...')
   _choice(config, 'task', sorted(tasks.TASKS))
   _choice(config, 'model.name', sorted(models.MODELS))
   models.check_kwargs(config.model)

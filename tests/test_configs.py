@@ -39,13 +39,18 @@ def test_unknown_preset_is_refused(name):
     load_config(name, 'no_such_preset')
 
 
-def test_cas_smoke_trains_only_on_the_samples_and_tests_on_real_digits(make_config, tmp_path):
+def test_cas_smoke_trains_only_on_the_samples_and_a_finetune_starts_from_it(make_config, tmp_path):
   config = make_config('cas', data__synthetic__path=_fake_samples(tmp_path / 'samples.npz'))
   final = train.train_and_evaluate(config, str(tmp_path / 'w'))
   # Noise images with cycling labels carry no information about real digits: near chance.
   assert final['eval/accuracy'] < 0.3 and np.isfinite(final['eval/loss'])
   info = writers.read_json(str(tmp_path / 'w' / 'run.json'))
   assert '+synthetic[only]/n=64/' in info['data']['train']
+  # augment.py:finetune's path: the 1,000 real digits, starting from that CAS run's weights.
+  finetune = make_config('augment', init_from__path=str(tmp_path / 'w'))
+  train.train_and_evaluate(finetune, str(tmp_path / 'ft'))
+  loaded = writers.read_json(str(tmp_path / 'ft' / 'run.json'))['init_from']
+  assert loaded['loaded'] > 0 and loaded['source_params_sha256'] == info['final_params_sha256']
 
 
 @pytest.mark.parametrize('preset, key', [('synthetic', 'data.synthetic.path'), ('finetune', 'init_from.path')])

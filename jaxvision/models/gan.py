@@ -165,12 +165,17 @@ class _GAN(nn.Module):
 
   info_codes = 0  # InfoGAN's categorical code (DCGAN only)
 
-  def _check(self, y, n: int, what: str = 'labels') -> None:
+  @property
+  def generator_classes(self) -> int:
+    """How many values G's second input takes: labels (conditional), codes (InfoGAN) or 0."""
+    return self.num_classes or self.info_codes
+
+  def _check(self, y, n: int, classes: int, what: str) -> None:
     if self.conditioning not in CONDITIONINGS:
       raise ValueError(f'model.conditioning={self.conditioning!r}; use one of {CONDITIONINGS}')
     if self.num_classes and self.info_codes:
       raise ValueError('model.info_codes is for unconditional GANs; set model.num_classes=0')
-    if (self.num_classes if what == 'labels' else self.num_classes or self.info_codes):
+    if classes:
       if y is None:
         raise ValueError(f'this GAN (model.num_classes={self.num_classes}, model.info_codes='
                          f'{self.info_codes}) needs {what} y')
@@ -181,7 +186,7 @@ class _GAN(nn.Module):
   def generate(self, z, y=None, *, train: bool):
     """Images from latents z and labels (conditional) or codes (InfoGAN) y."""
     chex.assert_shape(z, (None, self.latents))
-    self._check(y, z.shape[0], 'labels or codes')
+    self._check(y, z.shape[0], self.generator_classes, 'labels or codes')
     images = self.generator(z, y, train=train)
     chex.assert_shape(images, (z.shape[0], *self.image_shape))
     return images
@@ -193,7 +198,7 @@ class _GAN(nn.Module):
   def discriminate_codes(self, x, y=None, *, train: bool):
     """D's logits f32[B]; for an InfoGAN (logits, code logits f32[B, info_codes])."""
     chex.assert_shape(x, (None, *self.image_shape))
-    self._check(y, x.shape[0])
+    self._check(y, x.shape[0], self.num_classes, 'labels')
     out = self.discriminator(x, y, train=train)
     chex.assert_shape(out, [(x.shape[0],), (x.shape[0], self.info_codes)] if self.info_codes
                       else (x.shape[0],))
@@ -235,7 +240,7 @@ class DCGAN(_GAN):
   def setup(self):
     if self.upsample not in ('subpixel', 'transpose'):
       raise ValueError(f'model.upsample={self.upsample!r}; use subpixel or transpose')
-    self.generator = DCGANGenerator(self.g_features, self.num_classes or self.info_codes, self.bn_momentum,
+    self.generator = DCGANGenerator(self.g_features, self.generator_classes, self.bn_momentum,
                                     self.image_shape, self.upsample, self.conv_impl)
     self.discriminator = DCGANDiscriminator(self.d_features, self.d_dropout, self.num_classes,
                                             self.conditioning, self.conv_impl, self.info_codes)

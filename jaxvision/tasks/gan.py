@@ -127,11 +127,6 @@ def _labels(model, batch):
   return batch['label'] if model.num_classes else None
 
 
-def _g_classes(model) -> int:
-  """How many values G's label-or-code input takes (0: none)."""
-  return model.num_classes or model.info_codes
-
-
 def _g_inputs(model, key, y, n: int):
   """G's second input: the labels of a conditional GAN, a uniform code of an InfoGAN, or None."""
   if not model.info_codes:
@@ -197,7 +192,7 @@ def ema_batch_stats(state: GANState):
   model = state.model
   key = jax.random.fold_in(jax.random.PRNGKey(state.opts.seed), _STANDING_SALT)
   z = jax.random.normal(key, (_STANDING_BATCH, model.latents))
-  y = jnp.arange(_STANDING_BATCH) % _g_classes(model) if _g_classes(model) else None
+  y = jnp.arange(_STANDING_BATCH) % model.generator_classes if model.generator_classes else None
   zeros = jax.tree.map(jnp.zeros_like, state.batch_stats)
   _, updates = model.apply({'params': {'generator': state.ema_params}, 'batch_stats': zeros}, z, y,
                            train=True, method='generate', mutable=['batch_stats'])
@@ -310,13 +305,13 @@ def eval_step(state: GANState, batch) -> dict:
 
 
 def _cycled(model, n: int):
-  return jnp.arange(n) % _g_classes(model)
+  return jnp.arange(n) % model.generator_classes
 
 
 def sample(state: GANState, rng, n: int, labels=None) -> jax.Array:
   """n images in [0, 1] from the EMA generator; a conditional model cycles through the classes,
   an InfoGAN through its codes (an even share of each: the uniform prior, stratified)."""
-  if _g_classes(state.model) and labels is None:
+  if state.model.generator_classes and labels is None:
     labels = _cycled(state.model, n)
   z = jax.random.normal(rng, (n, state.model.latents))
   return (_generate_ema(state, z, labels) + 1.0) / 2.0
@@ -332,7 +327,7 @@ def sample_images(state: GANState, config, batch) -> dict:
   for a conditional model one row per class (an InfoGAN: per code), the same latent down each
   column."""
   del batch
-  num_classes = _g_classes(state.model)
+  num_classes = state.model.generator_classes
   key = jax.random.fold_in(jax.random.PRNGKey(config.seed), _SAMPLE_SALT)
   if num_classes:
     z = jnp.tile(jax.random.normal(key, (_COLS, state.model.latents)), (num_classes, 1))
