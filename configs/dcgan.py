@@ -40,7 +40,8 @@ def get_config(preset: str = ''):
   c.gan.ema_decay = 0.999
 
   c.eval.fd_samples = 8000  # eval/fd, eval/kid (+ their real-data floors) at every eval
-  # XLA:CPU's own convolutions instead of YNNPACK's: 1.16x on this step (benchmarks/README.md).
+  # XLA:CPU's own convolutions instead of YNNPACK's: 1.11x on this step (benchmarks/README.md, quiet
+  # rerun; 1.16x in the first run).
   c.cpu_convolutions = 'xla'
 
   c.train.steps = 8000  # 64 epochs of the 8,000 training images

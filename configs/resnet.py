@@ -23,7 +23,8 @@ def get_config(preset: str = ''):
       'stage_sizes': (3, 3, 3),  # ResNet-20: 6n + 2 layers with n = 3
       'block': 'basic', 'width': 16, 'stem': 'cifar', 'conv_impl': 'xla', 'bn_momentum': 0.9})
   c.optim.weight_decay = 5e-4
-  # XLA:CPU's own convolutions instead of YNNPACK's: 1.23x on this step (benchmarks/README.md);
+  # XLA:CPU's own convolutions instead of YNNPACK's: 1.21x on this step (benchmarks/README.md,
+  # quiet rerun; 1.23x in the first run);
   # no effect on GPU/TPU. The README's ResNet-20 result was measured with 'ynnpack'.
   c.cpu_convolutions = 'xla'
 

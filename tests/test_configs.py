@@ -53,6 +53,12 @@ def test_cas_smoke_trains_only_on_the_samples_and_a_finetune_starts_from_it(make
   assert loaded['loaded'] > 0 and loaded['source_params_sha256'] == info['final_params_sha256']
 
 
+def test_cas_with_an_empty_samples_path_is_refused():
+  # An explicit empty path passes the required-value check; the CAS mode still needs samples.
+  with pytest.raises(config_lib.ConfigError, match='data.synthetic.mode=only needs data.synthetic.path'):
+    config_lib.validate(load_config('cas', data__synthetic__path=''))
+
+
 @pytest.mark.parametrize('preset, key', [('synthetic', 'data.synthetic.path'), ('finetune', 'init_from.path')])
 def test_augment_presets_name_the_path_they_need(preset, key):
   with pytest.raises(config_lib.ConfigError, match=f'{key} is required by this config'):
