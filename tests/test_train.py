@@ -1,6 +1,7 @@
 """The loop end to end: workdir contract, checkpoints, exact resume, eval mode."""
 import json
 import os
+import shutil
 
 import chex
 import jax
@@ -137,6 +138,41 @@ def test_another_config_in_the_workdir_is_refused(finished_run):
   other.optim.lr = 0.5
   with pytest.raises(train.WorkdirError, match=r'optim.lr: 0.003 -> 0.5.*allow_config_change'):
     train.train_and_evaluate(other, workdir)
+
+
+def test_a_model_key_newer_than_the_workdir_matches_the_models_default(finished_run, tmp_path):
+  """An older run.json without model.variant / model.features built the CNN with the field's
+  default: resuming it with the default passes, with another value it is refused."""
+  config, workdir, _ = finished_run
+  info = writers.read_json(os.path.join(workdir, 'run.json'))
+  del info['config']['model']['variant'], info['config']['model']['features']
+  with open(os.path.join(tmp_path, 'run.json'), 'w') as f:
+    json.dump(info, f)
+  same = config.copy_and_resolve_references()
+  same.model.features = (32, 64)  # the CNN's default, not the smoke preset's (8, 16)
+  train.check_workdir_config(same, str(tmp_path))
+  other = config.copy_and_resolve_references()
+  other.model.variant = 'plain'
+  with pytest.raises(train.WorkdirError, match=r"model.variant: 'bn_dropout' -> 'plain'"):
+    train.check_workdir_config(other, str(tmp_path))
+
+
+def test_a_classifier_run_exports_as_domain_features_even_from_an_older_run_json(finished_run, tmp_path):
+  """export_domain_features rebuilds the config from run.json over base(): a key added since the
+  run (here cpu_convolutions) takes its default; the export then loads as the feature map."""
+  from jaxvision.evaluate import generative  # pylint: disable=g-import-not-at-top
+  config, workdir, _ = finished_run
+  copy = os.path.join(tmp_path, 'run')
+  shutil.copytree(workdir, copy)
+  info = writers.read_json(os.path.join(copy, 'run.json'))
+  del info['config']['cpu_convolutions'], info['config']['eval']['inception_weights']
+  with open(os.path.join(copy, 'run.json'), 'w') as f:
+    json.dump(info, f)
+  path = os.path.join(tmp_path, 'features.npz')
+  meta = generative.export_domain_features(copy, path)
+  assert meta['step'] == config.train.steps and meta['params_sha256'] == info['final_params_sha256']
+  features = generative.DomainFeatures(path)(np.full((3, 28, 28, 1), 0.5, np.float32))
+  assert features.shape == (3, config.model.hidden) and np.all(np.isfinite(features))
 
 
 def test_divergence_stops_with_one_line_and_keeps_the_good_checkpoints(make_config, tmp_path):

@@ -194,10 +194,11 @@ class GenerativeMetrics:
 
 def export_domain_features(workdir: str, path: str = DOMAIN_WEIGHTS) -> dict:
   """Writes the latest checkpoint of a `configs/cnn.py:domain` run as the feature network."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
   from jaxvision import checkpoint, train, writers  # pylint: disable=g-import-not-at-top
+  from jaxvision import config as config_lib  # pylint: disable=g-import-not-at-top
   info = writers.read_json(os.path.join(workdir, 'run.json'))
-  config = ml_collections.ConfigDict(info['config'])
+  config = config_lib.base()  # keys added to jaxvision since the run keep their defaults
+  config.update(info['config'])
   exp = train.setup(config, workdir)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), config.train.keep_ckpts)
   try:
