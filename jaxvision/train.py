@@ -111,15 +111,6 @@ def _jsonable(tree):
   return json.loads(json.dumps(tree, default=str))
 
 
-def _model_defaults(name) -> dict:
-  """{'model.X': default} for the fields of model `name` that have a default."""
-  cls = models.MODELS.get(name)
-  if cls is None:
-    return {}
-  return {f'model.{f.name}': _jsonable(f.default) for f in dataclasses.fields(cls)
-          if f.init and f.default is not dataclasses.MISSING and f.name not in ('parent', 'name')}
-
-
 def check_workdir_config(config, workdir: str) -> None:
   """Refuses to resume a workdir written by a different config."""
   info = writers.read_json(os.path.join(workdir, 'run.json'))
@@ -129,7 +120,7 @@ def check_workdir_config(config, workdir: str) -> None:
   # A key the old run did not have yet (a newer jaxvision) matches when it holds the value the old
   # run used without naming it: base()'s, or for model.X the model's own default for field X.
   default = {**_flat(_jsonable(config_lib.base().to_dict())),
-             **_model_defaults(info['config'].get('model', {}).get('name'))}
+             **_flat({'model': _jsonable(models.defaults(info['config'].get('model', {}).get('name')))})}
   for k in set(new) - set(old):
     if k in default:
       old[k] = default[k]

@@ -23,14 +23,20 @@ MODELS: dict[str, type[nn.Module]] = {
 }
 
 
-def _fields(cls) -> list[str]:
-  return [f.name for f in dataclasses.fields(cls) if f.init and f.name not in ('parent', 'name')]
+def _fields(cls) -> list[dataclasses.Field]:
+  return [f for f in dataclasses.fields(cls) if f.init and f.name not in ('parent', 'name')]
+
+
+def defaults(name: str) -> dict:
+  """{field: default} for the constructor fields of model `name` that have one ({} if unknown)."""
+  cls = MODELS.get(name)
+  return {f.name: f.default for f in _fields(cls) if f.default is not dataclasses.MISSING} if cls else {}
 
 
 def check_kwargs(model_config) -> None:
   from jaxvision.config import ConfigError
   cls = MODELS[model_config.name]
-  allowed = _fields(cls)
+  allowed = [f.name for f in _fields(cls)]
   for key in model_config:
     if key != 'name' and key not in allowed:
       raise ConfigError(f'model.{key} is not a field of model {model_config.name!r}; '
