@@ -2,39 +2,56 @@
 
 Only process 0 writes; the others get a writer that does nothing.
 """
+import io
 import json
 import os
+import time
 
 import numpy as np
 
 
 class MetricWriter:
-  """Scalars to WORKDIR/metrics.jsonl (one JSON object per event) and TensorBoard."""
+  """Scalars to WORKDIR/metrics.jsonl (one JSON object per event) and TensorBoard.
+
+  TensorBoard events go through `tensorboard`'s own event-file writer and summary protos (not
+  tensorboardX, whose import pulls in PyTorch wherever it is installed: seconds per run)."""
 
   def __init__(self, workdir: str, enabled: bool = True):
     self.enabled = enabled
     self._jsonl = None
     self._tb = None
     if enabled:
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      from tensorboard.summary.writer.event_file_writer import EventFileWriter  # pylint: disable=g-import-not-at-top
       os.makedirs(workdir, exist_ok=True)
       self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a', encoding='utf-8')
-      self._tb = SummaryWriter(logdir=workdir, flush_secs=30)
+      self._tb = EventFileWriter(workdir, flush_secs=30)
 
   def write(self, step: int, scalars: dict) -> None:
     if not self.enabled:
       return
+    from tensorboard.compat.proto import summary_pb2  # pylint: disable=g-import-not-at-top
     scalars = {k: float(v) for k, v in scalars.items()}
     self._jsonl.write(json.dumps({'step': int(step), **scalars}) + '\n')
     self._jsonl.flush()
-    for k, v in scalars.items():
-      self._tb.add_scalar(k, v, global_step=int(step))
+    self._add(step, [summary_pb2.Summary.Value(tag=k, simple_value=v) for k, v in scalars.items()])
 
   def write_images(self, step: int, images: dict) -> None:
-    """images: name -> uint8[H, W, C] grid."""
-    if self.enabled:
-      for k, v in images.items():
-        self._tb.add_image(k, np.asarray(v), global_step=int(step), dataformats='HWC')
+    """images: name -> uint8[H, W, C] grid, as PNG image summaries."""
+    if not self.enabled:
+      return
+    from tensorboard.compat.proto import summary_pb2  # pylint: disable=g-import-not-at-top
+    values = []
+    for k, v in images.items():
+      v = np.asarray(v)
+      image = summary_pb2.Summary.Image(height=v.shape[0], width=v.shape[1], colorspace=v.shape[2],
+                                        encoded_image_string=png_bytes(v))
+      values.append(summary_pb2.Summary.Value(tag=k, image=image))
+    self._add(step, values)
+
+  def _add(self, step: int, values: list) -> None:
+    from tensorboard.compat.proto import event_pb2, summary_pb2  # pylint: disable=g-import-not-at-top
+    self._tb.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
+                                       summary=summary_pb2.Summary(value=values)))
 
   def close(self) -> None:
     if self.enabled:
@@ -56,16 +73,30 @@ def truncate_metrics(workdir: str, after_step: int) -> None:
   os.replace(tmp, path)
 
 
+def _check_grid(name: str, grid) -> np.ndarray:
+  grid = np.asarray(grid)
+  if grid.dtype != np.uint8 or grid.ndim != 3 or grid.shape[-1] not in (1, 3):
+    raise ValueError(f'image grid {name!r} must be uint8 [H, W, 1 or 3], got {grid.dtype} {grid.shape}')
+  return grid
+
+
+def _pil(grid: np.ndarray):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  return Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
+
+
+def png_bytes(grid) -> bytes:
+  """A uint8 [H, W, 1 or 3] grid encoded as PNG."""
+  out = io.BytesIO()
+  _pil(_check_grid('grid', grid)).save(out, format='PNG')
+  return out.getvalue()
+
+
 def write_pngs(directory: str, step: int, images: dict) -> None:
   """images: name -> uint8[H, W, C] grid, written as DIRECTORY/<name>_step_<step>.png."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   os.makedirs(directory, exist_ok=True)
   for name, grid in images.items():
-    grid = np.asarray(grid)
-    if grid.dtype != np.uint8 or grid.ndim != 3 or grid.shape[-1] not in (1, 3):
-      raise ValueError(f'image grid {name!r} must be uint8 [H, W, 1 or 3], got {grid.dtype} {grid.shape}')
-    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(
-        os.path.join(directory, f'{name}_step_{int(step)}.png'))
+    _pil(_check_grid(name, grid)).save(os.path.join(directory, f'{name}_step_{int(step)}.png'))
 
 
 def read_json(path: str) -> dict | None:

@@ -17,6 +17,13 @@ def tfds_dir(tmp_path_factory):
   return str(tmp_path_factory.mktemp('tfds'))
 
 
+def init_variables(model, rngs, *args, **kwargs):
+  """`model.init(rngs, *args, **kwargs)` as the tasks draw it (`models.init`), in one jitted call:
+  eager init compiles every random draw on its own, which costs seconds per model."""
+  from jaxvision import models  # pylint: disable=g-import-not-at-top
+  return jax.jit(lambda r: models.init(model, r, *args, **kwargs))(rngs)
+
+
 def load_config(name: str, preset: str = 'smoke', tfds_dir: str = '', **overrides):
   """configs/<name>.py:<preset> with dotted overrides (`optim__lr=0.1` is optim.lr)."""
   import importlib.util  # pylint: disable=g-import-not-at-top

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import init_variables
 from jaxvision import checkpoint, train
 from jaxvision import config as config_lib
 from jaxvision.evaluate import generative
@@ -27,11 +28,12 @@ def _state_and_batch(make_config, name='dcgan', **overrides):
 def test_dcgan_generator_and_discriminator_shapes(shape, upsample):
   model = gan_models.DCGAN(latents=8, g_features=4, d_features=4, image_shape=shape, upsample=upsample)
   z = jnp.zeros((2, 8))
-  variables = model.init(jax.random.PRNGKey(0), z)
-  images = model.apply(variables, z, train=False, method='generate')
+  variables = init_variables(model, jax.random.PRNGKey(0), z)
+  images = jax.jit(lambda v, z: model.apply(v, z, train=False, method='generate'))(variables, z)
   chex.assert_shape(images, (2, *shape))
   assert float(jnp.max(jnp.abs(images))) <= 1.0
-  chex.assert_shape(model.apply(variables, images, train=False, method='discriminate'), (2,))
+  logits = jax.jit(lambda v, x: model.apply(v, x, train=False, method='discriminate'))(variables, images)
+  chex.assert_shape(logits, (2,))
   assert set(variables['params']) == {'generator', 'discriminator'}
 
 

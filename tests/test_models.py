@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import init_variables
 from jaxvision import config as config_lib
 from jaxvision import models
 from jaxvision.models import cnn
@@ -20,8 +21,8 @@ def test_forced_cpu_devices():
 def test_cnn_output_shapes(variant, shape):
   model = cnn.CNN(num_classes=10, variant=variant)
   x = jnp.zeros((3, *shape))
-  variables = model.init({'params': jax.random.PRNGKey(0)}, x, train=False)
-  out = model.apply(variables, x, train=False)
+  variables = init_variables(model, {'params': jax.random.PRNGKey(0)}, x, train=False)
+  out = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
   chex.assert_shape(out, (3, 10))
   assert ('batch_stats' in variables) == (variant == 'bn_dropout')
   # conv32 -> conv64 -> pool -> fc128 -> fc10
@@ -33,10 +34,25 @@ def test_cnn_output_shapes(variant, shape):
 def test_conv_impls_share_parameters_and_outputs():
   x = jax.random.normal(jax.random.PRNGKey(1), (4, 28, 28, 1))
   fast, ref = cnn.CNN(conv_impl='im2col'), cnn.CNN(conv_impl='xla')
-  variables = fast.init({'params': jax.random.PRNGKey(0)}, x, train=False)
-  chex.assert_trees_all_equal_shapes(variables, ref.init({'params': jax.random.PRNGKey(0)}, x, train=False))
+  variables = init_variables(fast, {'params': jax.random.PRNGKey(0)}, x, train=False)
+  chex.assert_trees_all_equal_shapes(variables, jax.eval_shape(
+      lambda: ref.init({'params': jax.random.PRNGKey(0)}, x, train=False)))
   np.testing.assert_allclose(fast.apply(variables, x, train=False), ref.apply(variables, x, train=False),
                              rtol=1e-4, atol=1e-4)
+
+
+def test_models_init_draws_the_variables_of_model_init_bit_for_bit():
+  # models.init draws every parameter flat and reshapes it (XLA:CPU compiles threefry's N-d
+  # index arithmetic slowly); the variables must be model.init's own.
+  model = cnn.CNN(num_classes=10, variant='bn_dropout')
+  x = jnp.zeros((2, 28, 28, 1))
+  rngs = {'params': jax.random.PRNGKey(3), 'dropout': jax.random.PRNGKey(4)}
+  ours = jax.jit(lambda r: models.init(model, r, x, train=False))(rngs)
+  theirs = jax.jit(lambda r: model.init(r, x, train=False))(rngs)
+  chex.assert_trees_all_equal(ours, theirs)
+  assert all(np.std(k) > 0 for k in jax.tree.leaves(ours['params']) if k.ndim > 1)  # random, not zeros
+  one_key = jax.jit(lambda r: models.init(model, r, x, train=False))(jax.random.PRNGKey(3))  # = {'params': r}
+  chex.assert_trees_all_equal(one_key, ours)
 
 
 def _state_and_batch(make_config, **overrides):

@@ -10,6 +10,7 @@ import pytest
 import tensorflow_datasets as tfds
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from conftest import init_variables
 from jaxvision import config as config_lib
 from jaxvision import models, train
 from jaxvision.data import augment, pipeline
@@ -52,8 +53,8 @@ def test_classifier_output_shapes(name, kwargs, shape):
     pytest.skip('covered by the patch error test')
   model = models.MODELS[name](num_classes=7, **kwargs)
   x = jax.random.normal(jax.random.PRNGKey(0), (3, *shape))
-  variables = model.init({'params': jax.random.PRNGKey(1)}, x, train=False)
-  out = model.apply(variables, x, train=False)
+  variables = init_variables(model, {'params': jax.random.PRNGKey(1)}, x, train=False)
+  out = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
   chex.assert_shape(out, (3, 7))
   chex.assert_tree_all_finite(out)
 
@@ -61,7 +62,7 @@ def test_classifier_output_shapes(name, kwargs, shape):
 def test_attention_pooling_weights_are_a_distribution_over_positions():
   model = attention.AttentionClassifier(tokens='rows', dim=16, hidden=32, pool_heads=3)
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 28, 28, 1))
-  variables = model.init({'params': jax.random.PRNGKey(1)}, x, train=False)
+  variables = init_variables(model, {'params': jax.random.PRNGKey(1)}, x, train=False)
   _, state = model.apply(variables, x, train=False, mutable=['intermediates'])
   (weights,) = state['intermediates']['attention_weights']
   chex.assert_shape(weights, (2, 28, 3))  # 28 rows, 3 pooling heads
@@ -81,7 +82,7 @@ def test_resnet_batchnorm_statistics_are_global_over_the_sharded_batch():
   """One train-mode forward on 8 devices (batch sharded) equals the same on 1 device."""
   model = resnet.ResNet(stage_sizes=(1,), width=4)
   x = jax.random.normal(jax.random.PRNGKey(0), (16, 8, 8, 1)) * jnp.arange(16.)[:, None, None, None]
-  variables = model.init(jax.random.PRNGKey(1), x[:1], train=False)
+  variables = init_variables(model, jax.random.PRNGKey(1), x[:1], train=False)
   fwd = lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats'])
   mesh = jax.sharding.Mesh(np.array(jax.devices()), ('data',))
   sharded = jax.jit(fwd)(variables, jax.device_put(x, NamedSharding(mesh, P('data'))))

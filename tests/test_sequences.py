@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import init_variables
 from jaxvision import config as config_lib
 from jaxvision import train
 from jaxvision.data import pipeline, sequences
@@ -16,8 +17,8 @@ def test_lstm_reads_image_rows(bidirectional):
   model = lstm.LSTMClassifier(num_classes=7, input_shape=(28, 28, 1), hidden=8, layers=2,
                               bidirectional=bidirectional)
   x = jax.random.uniform(jax.random.PRNGKey(0), (3, 28, 28, 1))
-  variables = model.init(jax.random.PRNGKey(1), x, train=False)
-  chex.assert_shape(model.apply(variables, x, train=False), (3, 7))
+  variables = init_variables(model, jax.random.PRNGKey(1), x, train=False)
+  chex.assert_shape(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x), (3, 7))
   # The first LSTM reads 28 features (one row) per step: its input kernel has 28 rows.
   assert variables['params']['lstm0']['ii']['kernel'].shape == (28, 8)
 
@@ -28,7 +29,7 @@ def test_lstm_token_padding_does_not_change_the_logits(bidirectional):
                               bidirectional=bidirectional)
   tokens = jnp.array([[5, 9, 3, 7, 0, 0, 0, 0, 0, 0, 0, 0],
                       [4, 4, 8, 1, 2, 6, 0, 0, 0, 0, 0, 0]])
-  variables = model.init(jax.random.PRNGKey(0), tokens, train=False)
+  variables = init_variables(model, jax.random.PRNGKey(0), tokens, train=False)
   short = lstm.LSTMClassifier(num_classes=2, input_shape=(6,), hidden=8, vocab_size=50, embed_dim=6,
                               bidirectional=bidirectional)
   np.testing.assert_allclose(model.apply(variables, tokens, train=False),
@@ -42,8 +43,8 @@ def test_lstm_token_padding_does_not_change_the_logits(bidirectional):
 def test_cnn_rnn_encodes_frames_in_one_batched_call():
   model = cnn_rnn.CNNRNN(num_classes=13, input_shape=(3, 28, 28, 1), features=(4, 8), frame_dim=16, hidden=8)
   x = jax.random.uniform(jax.random.PRNGKey(0), (2, 3, 28, 28, 1))
-  variables = model.init(jax.random.PRNGKey(1), x, train=False)
-  chex.assert_shape(model.apply(variables, x, train=False), (2, 13))
+  variables = init_variables(model, jax.random.PRNGKey(1), x, train=False)
+  chex.assert_shape(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x), (2, 13))
   encoder = cnn_rnn.FrameEncoder((4, 8), 16)
   enc_vars = {'params': variables['params']['frames'], 'batch_stats': variables['batch_stats']['frames']}
   batched = encoder.apply(enc_vars, x.reshape(6, 28, 28, 1), train=False).reshape(2, 3, 16)

@@ -11,6 +11,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 from tensorboard.backend.event_processing import event_accumulator
 
+from conftest import init_variables
 from jaxvision import config as config_lib
 from jaxvision import train
 from jaxvision.data import pipeline
@@ -183,13 +184,13 @@ def test_fixed_latent_grid_does_not_depend_on_training_rng(make_config, name):
 def test_model_shapes_and_labels():
   x = jnp.zeros((3, 32, 32, 3))
   conv = vae_models.ConvVAE(latents=5, features=(8, 16), image_shape=(32, 32, 3), conv_impl='xla')
-  v = jax.jit(conv.init)(jax.random.PRNGKey(0), x)
+  v = init_variables(conv, jax.random.PRNGKey(0), x)
   logits, mean, logvar = jax.jit(conv.apply)(v, x)
   chex.assert_shape(logits, (3, 32, 32, 3))
   chex.assert_shape([mean, logvar], (3, 5))
   cond = vae_models.ConditionalVAE(latents=4, hidden=16)
   y = jnp.array([0, 3, 9])
-  v = jax.jit(cond.init)(jax.random.PRNGKey(0), jnp.zeros((3, 28, 28, 1)), y)
+  v = init_variables(cond, jax.random.PRNGKey(0), jnp.zeros((3, 28, 28, 1)), y)
   decode = jax.jit(lambda v, z, y: cond.apply(v, z, y, method='decode'))
   out = [decode(v, jnp.zeros((3, 4)), jnp.full((3,), c)) for c in (0, 9)]
   assert not np.allclose(out[0], out[1])  # the label reaches the decoder

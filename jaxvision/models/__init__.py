@@ -3,8 +3,11 @@ keys are its constructor fields. Models are plain Flax modules that know
 nothing of losses or optimizers; classifiers take `(x, *, train)`, VAEs have
 `encode(x, y)` / `decode(z, y)` (see models/vae.py)."""
 import dataclasses
+import math
 
 import flax.linen as nn
+import jax
+import jax.extend.random
 
 from jaxvision.models import attention, cnn, cnn_rnn, gan, lstm, resnet, vae, vit
 
@@ -47,3 +50,30 @@ def get(model_config) -> nn.Module:
   kwargs = {k: v for k, v in model_config.to_dict().items() if k != 'name'}
   kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
   return MODELS[model_config.name](**kwargs)
+
+
+
+_THREEFRY = jax.extend.random.threefry_prng_impl
+
+
+def _flat_threefry_bits(key, bit_width: int, shape):
+  return _THREEFRY.random_bits(key, bit_width, (math.prod(shape),)).reshape(shape)
+
+
+# threefry2x32 whose bits of shape s are drawn as prod(s) bits and reshaped: the same bits as
+# threefry's, under either jax_threefry_partitionable setting.
+_FLAT_THREEFRY = jax.extend.random.define_prng_impl(
+    key_shape=_THREEFRY.key_shape, seed=_THREEFRY.seed, split=_THREEFRY.split,
+    random_bits=_flat_threefry_bits, fold_in=_THREEFRY.fold_in, name='threefry2x32_flat', tag='fryflat')
+
+
+def init(model: nn.Module, rngs, *args, **kwargs):
+  """`model.init(rngs, *args, **kwargs)` with the same variables, bit for bit, compiled faster.
+
+  XLA:CPU takes seconds to compile threefry's per-axis index arithmetic for an N-d parameter
+  (~17 s for a 3x3x8x12 kernel, under 0.5 s for its 864 values flat), and an init draws one
+  array per kernel; here every draw is made flat and reshaped. `rngs`: a raw uint32[2] key or
+  a {collection: key} dict of them, as `model.init` takes."""
+  wrap = lambda key: jax.random.wrap_key_data(jax.random.key_data(key), impl=_FLAT_THREEFRY)
+  rngs = {k: wrap(v) for k, v in rngs.items()} if isinstance(rngs, dict) else wrap(rngs)
+  return model.init(rngs, *args, **kwargs)

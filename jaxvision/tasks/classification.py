@@ -59,7 +59,8 @@ def init(config, rng, sample_batch) -> TrainState:
                      image_size=config.data.image_size,
                      label_smoothing=config.loss.label_smoothing, freeze=tuple(config.freeze), lr=lr)
   init_rng, state_rng = jax.random.split(rng)
-  variables = model.init({'params': init_rng, 'dropout': init_rng}, _inputs(sample_batch), train=False)
+  variables = models.init(model, {'params': init_rng, 'dropout': init_rng}, _inputs(sample_batch),
+                          train=False)
   params = variables['params']
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     batch_stats=variables.get('batch_stats', {}), opt_state=tx.init(params),

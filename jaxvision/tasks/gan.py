@@ -114,7 +114,7 @@ def init(config, rng, sample_batch) -> GANState:
   n = sample_batch['image'].shape[0]
   z = jnp.zeros((n, model.latents))
   y = jnp.zeros((n,), jnp.int32) if model.info_codes else _labels(model, sample_batch)
-  variables = model.init({'params': init_rng, 'dropout': init_rng}, z, y)
+  variables = models.init(model, {'params': init_rng, 'dropout': init_rng}, z, y)
   params = variables['params']
   return GANState(step=jnp.zeros((), jnp.int32), params=params,
                   batch_stats=variables.get('batch_stats', {}),

@@ -101,7 +101,7 @@ def init(config, rng, sample_batch) -> VAEState:
                      iwae_k=int(config.eval.iwae_k), iwae_chunk=int(config.eval.iwae_chunk),
                      likelihood=likelihood, seed=int(config.seed), lr=lr)
   init_rng, state_rng = jax.random.split(rng)
-  params = model.init(init_rng, sample_batch['image'], _labels(model, sample_batch))['params']
+  params = models.init(model, init_rng, sample_batch['image'], _labels(model, sample_batch))['params']
   return VAEState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                   rng=state_rng, model=model, tx=tx, opts=opts)
 
