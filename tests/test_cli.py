@@ -10,9 +10,9 @@ import pytest
 from conftest import ROOT
 
 
-def _run(*args, timeout=300):
+def _run(*args, timeout=300, python=()):
   start = time.perf_counter()
-  proc = subprocess.run([sys.executable, 'run.py', *args], cwd=ROOT, capture_output=True, text=True,
+  proc = subprocess.run([sys.executable, *python, 'run.py', *args], cwd=ROOT, capture_output=True, text=True,
                         timeout=timeout)
   return proc, time.perf_counter() - start
 
@@ -20,8 +20,13 @@ def _run(*args, timeout=300):
 def test_smoke_run_end_to_end_with_overrides(tmp_path, tfds_dir):
   workdir = str(tmp_path / 'w')
   proc, _ = _run('--config', 'configs/cnn.py:smoke', '--workdir', workdir,
-                 f'--config.data.tfds_dir={tfds_dir}', '--config.optim.lr=0.01')
+                 f'--config.data.tfds_dir={tfds_dir}', '--config.optim.lr=0.01', python=('-X', 'importtime'))
   assert proc.returncode == 0, proc.stderr[-2000:]
+  # The product never imports PyTorch, not even through a dependency (CI installs it for the
+  # benchmarks; tensorboardX, the earlier TensorBoard writer, imported it wherever installed).
+  imported = {line.rsplit('|', 1)[-1].strip() for line in proc.stderr.splitlines()
+              if line.startswith('import time:')}
+  assert 'jaxvision.train' in imported and not {m for m in imported if m.split('.')[0] == 'torch'}
   assert 'eval/accuracy=' in proc.stdout
   with open(os.path.join(workdir, 'run.json'), encoding='utf-8') as f:
     info = json.load(f)
