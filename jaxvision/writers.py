@@ -8,6 +8,8 @@ import os
 import time
 
 import numpy as np
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 
 class MetricWriter:
@@ -21,7 +23,6 @@ class MetricWriter:
     self._jsonl = None
     self._tb = None
     if enabled:
-      from tensorboard.summary.writer.event_file_writer import EventFileWriter  # pylint: disable=g-import-not-at-top
       os.makedirs(workdir, exist_ok=True)
       self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a', encoding='utf-8')
       self._tb = EventFileWriter(workdir, flush_secs=30)
@@ -29,7 +30,6 @@ class MetricWriter:
   def write(self, step: int, scalars: dict) -> None:
     if not self.enabled:
       return
-    from tensorboard.compat.proto import summary_pb2  # pylint: disable=g-import-not-at-top
     scalars = {k: float(v) for k, v in scalars.items()}
     self._jsonl.write(json.dumps({'step': int(step), **scalars}) + '\n')
     self._jsonl.flush()
@@ -39,17 +39,15 @@ class MetricWriter:
     """images: name -> uint8[H, W, C] grid, as PNG image summaries."""
     if not self.enabled:
       return
-    from tensorboard.compat.proto import summary_pb2  # pylint: disable=g-import-not-at-top
     values = []
     for k, v in images.items():
-      v = np.asarray(v)
+      v = _check_grid(k, v)
       image = summary_pb2.Summary.Image(height=v.shape[0], width=v.shape[1], colorspace=v.shape[2],
-                                        encoded_image_string=png_bytes(v))
+                                        encoded_image_string=_png(v))
       values.append(summary_pb2.Summary.Value(tag=k, image=image))
     self._add(step, values)
 
   def _add(self, step: int, values: list) -> None:
-    from tensorboard.compat.proto import event_pb2, summary_pb2  # pylint: disable=g-import-not-at-top
     self._tb.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
                                        summary=summary_pb2.Summary(value=values)))
 
@@ -85,10 +83,9 @@ def _pil(grid: np.ndarray):
   return Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
 
 
-def png_bytes(grid) -> bytes:
-  """A uint8 [H, W, 1 or 3] grid encoded as PNG."""
+def _png(grid: np.ndarray) -> bytes:
   out = io.BytesIO()
-  _pil(_check_grid('grid', grid)).save(out, format='PNG')
+  _pil(grid).save(out, format='PNG')
   return out.getvalue()
 
 

@@ -61,6 +61,23 @@ def test_tensorboard_holds_the_scalars(finished_run):
   assert last.step == 6 and last.value == pytest.approx(final['eval/accuracy'], abs=1e-6)
 
 
+def test_image_grids_reach_tensorboard_and_bad_ones_are_refused_in_one_line(tmp_path):
+  writer = writers.MetricWriter(str(tmp_path))
+  writer.write_images(5, {'g': np.full((4, 6, 1), 200, np.uint8)})
+  bad = np.zeros((4, 6), np.float32)
+  for write in (lambda: writer.write_images(6, {'bad': bad}),
+                lambda: writers.write_pngs(str(tmp_path / 'pngs'), 6, {'bad': bad})):
+    with pytest.raises(ValueError, match=r"image grid 'bad' must be uint8 \[H, W, 1 or 3\], "
+                                         r"got float32 \(4, 6\)") as e:
+      write()
+    assert '\n' not in str(e.value)
+  writer.close()
+  acc = event_accumulator.EventAccumulator(str(tmp_path))
+  acc.Reload()
+  (image,) = acc.Images('g')
+  assert (image.step, image.width, image.height) == (5, 6, 4) and acc.Tags()['images'] == ['g']
+
+
 def test_eval_mode_reports_the_latest_checkpoint(finished_run):
   config, workdir, final = finished_run
   metrics = train.evaluate(config, workdir)

@@ -52,7 +52,6 @@ def get(model_config) -> nn.Module:
   return MODELS[model_config.name](**kwargs)
 
 
-
 _THREEFRY = jax.extend.random.threefry_prng_impl
 
 
