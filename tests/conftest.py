@@ -1,9 +1,22 @@
-"""Tests run on 8 forced CPU devices; this must happen before jax is imported."""
+"""Tests run on 8 forced CPU devices; this must happen before jax is imported.
+
+The session shares one XLA compilation cache (a fresh temporary directory, removed at exit),
+inherited by the runs that tests start as subprocesses: the suite compiles the same smoke-run
+programs many times over (a reference run, its interrupted twin, the resumed run, ...), and a
+cache hit is the same executable, so no result changes. Users' runs do not use it."""
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=8').strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  _CACHE = tempfile.mkdtemp(prefix='jaxvision-tests-xla-cache-')
+  atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+  os.environ.update(JAX_COMPILATION_CACHE_DIR=_CACHE, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+                    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='-1')
 
 import jax  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 import pytest  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position

@@ -38,6 +38,21 @@ def test_mnist10k_splits_sizes_and_labels(make_config):
   assert index % 5 != 0
 
 
+def test_mnist10k_is_decoded_once_per_process(make_config, monkeypatch):
+  monkeypatch.setattr(pipeline, '_OFFLINE_SPLITS', {})
+  decoded, stack = [], pipeline._stack  # pylint: disable=protected-access
+  monkeypatch.setattr(pipeline, '_stack', lambda examples: decoded.append(len(examples)) or stack(examples))
+  config = make_config('cnn')
+  first, again = pipeline.load_split(config.data, 'test'), pipeline.load_split(config.data, 'test')
+  assert decoded == [2000]
+  batch = again.read(np.arange(5))
+  np.testing.assert_array_equal(batch['image'], first.read(np.arange(5))['image'])
+  batch['image'][:] = 0  # a batch is the caller's own copy
+  assert first.read(np.arange(5))['image'].any()
+  small = pipeline.load_split(make_config('cnn', data__image_size=14).data, 'test')  # another key
+  assert decoded == [2000, 2000] and small.image_shape == (14, 14, 1)
+
+
 def _batches(config, split, n):
   it = iter(pipeline.train_dataset(config, split))
   return [next(it) for _ in range(n)], it

@@ -149,7 +149,7 @@ def load_split(data_config, split: str) -> Split:
     raise DataError(f'{data_config.name} images have no fixed size {image_shape}; '
                     f'set --config.data.image_size (e.g. 224) to resize them')
   if data_config.cache:  # read the whole split once; then a batch is a numpy gather
-    arrays = _stack([select(source[i]) for i in range(size)])
+    arrays = _read_whole(b, split, source, select, data_config)
     read = lambda idx: {k: v[idx] for k, v in arrays.items()}
   else:
     read = lambda idx: _stack([select(source[int(i)]) for i in idx])
@@ -159,6 +159,26 @@ def load_split(data_config, split: str) -> Split:
   if data_config.synthetic.path and split == data_config.train_split:
     out = synthetic.mix(out, data_config.synthetic)
   return out
+
+
+_OFFLINE_SPLITS = {}  # the shipped mnist10k's decoded splits, read once per process
+
+
+def _read_whole(b, split: str, source, select, data_config) -> dict:
+  """All examples of a split as stacked arrays. mnist10k's are kept for the process (read-only):
+  its content is fixed by the shipped files, and decoding its 10,000 records takes ~2 s, which a
+  process that runs several experiments (a sweep, a notebook, the tests) would pay each time."""
+  inception = data_config.augment == 'inception_crop'
+  key = (_fingerprint(b, split), str(b.data_dir), data_config.image_size, inception,
+         split == data_config.train_split)
+  if b.name == OFFLINE and key in _OFFLINE_SPLITS:
+    return _OFFLINE_SPLITS[key]
+  arrays = _stack([select(source[i]) for i in range(len(source))])
+  if b.name == OFFLINE:
+    for v in arrays.values():
+      v.setflags(write=False)
+    _OFFLINE_SPLITS[key] = arrays
+  return arrays
 
 
 def _stack(examples: list[dict]) -> dict:

@@ -17,6 +17,7 @@ also reports the usual FID on the 2048-d pool features, `eval/fid`, with its
 real-train vs real-test `eval/fid_floor`; for any image size and 1 or 3 channels.
 It is 6 GFLOPs an image: a GPU's job for thousands of samples.
 """
+import functools
 import json
 import os
 
@@ -55,6 +56,10 @@ def gaussian_frechet_distance(mu1, s1, mu2, s2) -> float:
   return float(np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean)
 
 
+def _cubed(a: np.ndarray) -> np.ndarray:
+  return a * a * a  # 3x faster than a ** 3, which numpy computes with pow()
+
+
 def kernel_inception_distance(f1: np.ndarray, f2: np.ndarray, subsets: int = 50,
                               subset_size: int = 1000, seed: int = 0) -> float:
   """Unbiased MMD^2 with k(x, y) = (x.y / d + 1)^3, averaged over random subsets."""
@@ -66,7 +71,7 @@ def kernel_inception_distance(f1: np.ndarray, f2: np.ndarray, subsets: int = 50,
   for _ in range(subsets):
     x = f1[rng.choice(len(f1), m, replace=False)]
     y = f2[rng.choice(len(f2), m, replace=False)]
-    kxx, kyy, kxy = ((x @ x.T / d + 1) ** 3, (y @ y.T / d + 1) ** 3, (x @ y.T / d + 1) ** 3)
+    kxx, kyy, kxy = (_cubed(x @ x.T / d + 1), _cubed(y @ y.T / d + 1), _cubed(x @ y.T / d + 1))
     total += ((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
               - 2.0 * kxy.mean())
   return float(total / subsets)
@@ -122,7 +127,9 @@ class InceptionFeatures(_BatchedFeatures):
                           f'{spec.shape}; convert the weights with the names of models/inception.py')
     variables = _unflatten({k: flat[k].astype(np.float32) for k in want})
     self._batch = batch
-    self._fn = jax.jit(lambda x: self.model.apply(variables, x))
+    prepare = jax.jit(functools.partial(inception.preprocess, size=resize))  # per input shape
+    network = jax.jit(lambda x: self.model.apply(variables, x, method='pool_features'))  # once
+    self._fn = lambda x: network(prepare(x))
 
 
 def flatten_variables(variables) -> dict:

@@ -113,17 +113,26 @@ class InceptionE(nn.Module):
     return jnp.concatenate([b1, b3, bd, bp], axis=-1)
 
 
+def preprocess(x, size: int = 299):
+  """images f32[B, H, W, 1|3] in [0, 1] -> f32[B, size, size, 3] in [-1, 1], the network's input."""
+  chex.assert_rank(x, 4)
+  if x.shape[-1] not in (1, 3):
+    raise ValueError(f'Inception features take 1- or 3-channel images, not {x.shape[-1]} channels')
+  x = jax.image.resize(x, (x.shape[0], size, size, x.shape[-1]), 'bilinear')
+  return jnp.broadcast_to(x, (*x.shape[:3], 3)) * 2.0 - 1.0
+
+
 class InceptionV3(nn.Module):
-  """images f32[B, H, W, 1|3] in [0, 1] -> pool features f32[B, 2048]."""
+  """images f32[B, H, W, 1|3] in [0, 1] -> pool features f32[B, 2048]. `pool_features` is the
+  network alone, on `preprocess`ed images: one compiled program for images of every size."""
   resize: int = 299
 
-  @nn.compact
   def __call__(self, x):
-    chex.assert_rank(x, 4)
-    if x.shape[-1] not in (1, 3):
-      raise ValueError(f'Inception features take 1- or 3-channel images, not {x.shape[-1]} channels')
-    x = jax.image.resize(x, (x.shape[0], self.resize, self.resize, x.shape[-1]), 'bilinear')
-    x = jnp.broadcast_to(x, (*x.shape[:3], 3)) * 2.0 - 1.0
+    return self.pool_features(preprocess(x, self.resize))
+
+  @nn.compact
+  def pool_features(self, x):
+    chex.assert_shape(x, (None, self.resize, self.resize, 3))
     x = BasicConv(32, (3, 3), (2, 2), name='Conv2d_1a_3x3')(x)
     x = BasicConv(32, (3, 3), name='Conv2d_2a_3x3')(x)
     x = BasicConv(64, (3, 3), padding=(1, 1), name='Conv2d_2b_3x3')(x)
