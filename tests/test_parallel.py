@@ -130,7 +130,7 @@ def test_fsdp_per_device_memory_falls_as_one_over_n():
   """The compiled step's per-device argument bytes (benchmarks/fsdp_memory.py, a small ViT)."""
   sys.path.insert(0, ROOT)
   from benchmarks import fsdp_memory  # pylint: disable=g-import-not-at-top
-  config = fsdp_memory.vit_config(32, patch=4, dim=128, depth=2, heads=4, mlp_dim=512, num_classes=10)
+  config = fsdp_memory.vit_config(32, patch=4, dim=128, depth=1, heads=4, mlp_dim=512, num_classes=10)
   fsdp = {n: fsdp_memory.measure(config, n, True, 2)['arguments'] for n in (1, 2, 8)}
   dp8 = fsdp_memory.measure(config, 8, False, 2)['arguments']  # (on 1 device FSDP is data parallel)
   assert dp8 >= 0.95 * fsdp[1]  # data parallel: every device holds the whole state
