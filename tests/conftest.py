@@ -5,6 +5,7 @@ inherited by the runs that tests start as subprocesses: the suite compiles the s
 programs many times over (a reference run, its interrupted twin, the resumed run, ...), and a
 cache hit is the same executable, so no result changes. Users' runs do not use it."""
 import atexit
+import contextlib
 import os
 import shutil
 import tempfile
@@ -74,6 +75,19 @@ def reference_run(tmp_path_factory, tfds_dir):
     return done[name]
 
   return get
+
+
+@contextlib.contextmanager
+def lowered_programs():
+  """Collects the names of the programs jax lowers (compiles or finds in a cache) inside the block."""
+  names = []
+  listener = lambda event, _secs, fun_name='', **kw: (names.append(fun_name)
+                                                     if event.endswith('jaxpr_to_mlir_module_duration') else None)
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    yield names
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def sigterm_at_step(monkeypatch, step: int):

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import init_variables
+from conftest import init_variables, lowered_programs
 from jaxvision import checkpoint, train
 from jaxvision import config as config_lib
 from jaxvision.evaluate import generative
@@ -299,14 +299,8 @@ def test_inception_fid_path_on_random_weights(tmp_path):
   features = generative.InceptionFeatures(path, batch=6, resize=75)
   a, b = rng.uniform(size=(12, 28, 28, 1)), rng.uniform(size=(12, 32, 32, 3)) ** 2
   fa = features(a)
-  lowered = []  # images of another size compile their resize only, not the network again
-  listener = lambda event, _secs, fun_name='', **kw: (lowered.append(fun_name)
-                                                     if event.endswith('jaxpr_to_mlir_module_duration') else None)
-  jax.monitoring.register_event_duration_secs_listener(listener)
-  try:
+  with lowered_programs() as lowered:  # images of another size lower their resize, not the network
     fb = features(b)
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
   assert len(lowered) == 1 and 'preprocess' in lowered[0], lowered
   assert fa.shape == (12, 2048) and fb.shape == (12, 2048) and np.isfinite(fa).all()
   assert generative.frechet_distance(fa, fb) == pytest.approx(generative.frechet_distance(fb, fa), rel=1e-9)

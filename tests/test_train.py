@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
-from conftest import sigterm_at_step
+from conftest import lowered_programs, sigterm_at_step
 from jaxvision import checkpoint, train, writers
 
 
@@ -105,22 +105,20 @@ def test_saving_small_replicated_arrays_compiles_no_slicing_programs(tmp_path):
   # be under checkpoint.MIN_SLICE_BYTES_FOR_REPLICA_PARALLEL are written whole, large ones in slices.
   replicated = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(jax.devices()), ('d',)),
                                           jax.sharding.PartitionSpec())
-  lowered = []
-  listener = lambda event, _secs, **kw: lowered.append(event) if event.endswith('jaxpr_to_mlir_module_duration') else None
   small = {f'w{i}': jax.device_put(np.ones((3, 7 + i), np.float32), replicated) for i in range(8)}
   big = jax.device_put(np.ones((8 * checkpoint.MIN_SLICE_BYTES_FOR_REPLICA_PARALLEL // 4 + 1024, 1), np.float32),
                        replicated)
   ckpt = checkpoint.Checkpointer(str(tmp_path), 2)
-  jax.monitoring.register_event_duration_secs_listener(listener)
   try:
-    ckpt.save(1, small)
-    ckpt.wait()
+    with lowered_programs() as lowered:
+      ckpt.save(1, small)
+      ckpt.wait()
     assert not lowered, lowered
-    ckpt.save(2, {**small, 'big': big})
-    ckpt.wait()
+    with lowered_programs() as lowered:
+      ckpt.save(2, {**small, 'big': big})
+      ckpt.wait()
     assert lowered  # the 8 MiB array is sliced across the 8 replicas
   finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
     ckpt.close()
 
 

@@ -168,17 +168,17 @@ def _read_whole(b, split: str, source, select, data_config) -> dict:
   """All examples of a split as stacked arrays. mnist10k's are kept for the process (read-only):
   its content is fixed by the shipped files, and decoding its 10,000 records takes ~2 s, which a
   process that runs several experiments (a sweep, a notebook, the tests) would pay each time."""
-  inception = data_config.augment == 'inception_crop'
-  key = (_fingerprint(b, split), str(b.data_dir), data_config.image_size, inception,
-         split == data_config.train_split)
-  if b.name == OFFLINE and key in _OFFLINE_SPLITS:
-    return _OFFLINE_SPLITS[key]
-  arrays = _stack([select(source[i]) for i in range(len(source))])
-  if b.name == OFFLINE:
+  decode = lambda: _stack([select(source[i]) for i in range(len(source))])
+  if b.name != OFFLINE:
+    return decode()
+  key = (_fingerprint(b, split), str(b.data_dir), data_config.image_size,
+         data_config.augment == 'inception_crop', split == data_config.train_split)
+  if key not in _OFFLINE_SPLITS:
+    arrays = decode()
     for v in arrays.values():
       v.setflags(write=False)
     _OFFLINE_SPLITS[key] = arrays
-  return arrays
+  return _OFFLINE_SPLITS[key]
 
 
 def _stack(examples: list[dict]) -> dict:
