@@ -23,7 +23,8 @@ cost_analysis(); XLA counts a loop body once, so im2col's chunk loop and the LST
 undercounted there), gflops_fraction (achieved jax GFLOP/s over the same run's median
 2048x2048 f32 matmul GFLOP/s in jax) and pipeline_ips (the grain input pipeline alone).
 
-Results: benchmarks/results/<hostname>-<YYYY-MM-DD>.json and latest.json (with --quick:
+Results: benchmarks/results/<hostname>-<YYYY-MM-DD>T<HHMM>Z.json (the start time in UTC, so a rerun
+on the same day adds a file) and latest.json (with --quick:
 ...-quick.json and latest-quick.json), a list with one object per model.
 """
 import argparse
@@ -392,7 +393,8 @@ def main(argv=None):
   gf = matmul_gflops(7)
   tgf = torch_matmul_gflops(5)
   machine = {
-      'hostname': socket.gethostname(), 'date': datetime.date.today().isoformat(), 'cpus': os.cpu_count(),
+      'hostname': socket.gethostname(), 'date': datetime.date.today().isoformat(),
+      'started': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%dT%H%MZ'), 'cpus': os.cpu_count(),
       'jax_devices': jax.device_count(), 'torch_threads': torch.get_num_threads(),
       'jax_threads': f'XLA:CPU intra-op pool, {os.cpu_count()} threads (one per core)',
       'xla_flags': os.environ.get('XLA_FLAGS', ''), 'versions': versions(), 'quick': args.quick,
@@ -428,7 +430,7 @@ def main(argv=None):
   if not args.no_write:
     os.makedirs(args.out_dir, exist_ok=True)
     suffix = '-quick' if args.quick else ''
-    paths = [os.path.join(args.out_dir, f"{machine['hostname']}-{machine['date']}{suffix}.json"),
+    paths = [os.path.join(args.out_dir, f"{machine['hostname']}-{machine['started']}{suffix}.json"),
              os.path.join(args.out_dir, f'latest{suffix}.json')]
     nan_to_none = lambda v: None if isinstance(v, float) and v != v else v  # strict JSON: no NaN
     clean = [{k: nan_to_none(v) for k, v in row.items()} for row in rows]
