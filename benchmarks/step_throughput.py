@@ -190,7 +190,8 @@ def interleaved(runners: dict, rounds: int, round_s: float, estimates: dict) -> 
 def load_config(name: str, batch: int):
   import torch_models  # pylint: disable=g-import-not-at-top
   from jaxvision import config as config_lib  # pylint: disable=g-import-not-at-top
-  config = config_lib.from_file(os.path.join(ROOT, 'configs', torch_models.CONFIGS[name]))
+  file, _, preset = torch_models.CONFIGS[name].partition(':')
+  config = config_lib.from_file(os.path.join(ROOT, 'configs', file), preset)
   config.data.batch_size = batch
   config.eval.fd_samples = 0  # eval-only metrics: setup would load the domain classifier for them
   config.train.progress = False

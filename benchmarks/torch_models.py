@@ -31,7 +31,7 @@ from torch import nn
 
 NAMES = ('cnn', 'resnet', 'vit', 'lstm', 'dcgan', 'conv_vae')
 CONFIGS = {'cnn': 'cnn.py', 'resnet': 'resnet.py', 'vit': 'vit.py', 'lstm': 'lstm.py',
-           'dcgan': 'dcgan.py', 'conv_vae': 'conv_vae.py'}
+           'dcgan': 'dcgan.py:plain', 'conv_vae': 'conv_vae.py'}  # file[:preset]; the twins are unconditional
 
 
 def _momentum(flax_momentum: float) -> float:

@@ -51,6 +51,7 @@ def base() -> ml_collections.ConfigDict:
   c.data.read_threads = 2
   c.data.classes = ()  # keep only these labels (train and eval); () = all
   c.data.per_class = 0  # > 0: the first N train examples of each kept class (file order)
+  c.data.clusters = 0  # > 0: labels replaced by K balanced spectral clusters (self-conditioned GAN)
   c.data.max_len = 256  # text datasets: tokens per example
   c.data.vocab_size = 20000  # text datasets: words of the train split kept (+ pad and unknown)
   c.data.seq_len = 4  # digit_sequences: digits per sequence
@@ -172,6 +173,9 @@ def validate(config) -> None:
     raise ConfigError(f'optim.warmup_frac={config.optim.warmup_frac} must be in [0, 1)')
   if not isinstance(config.data.name, str) or not config.data.name:
     raise ConfigError('data.name must be a TFDS dataset name, e.g. data.name=mnist10k')
+  if config.data.clusters < 0 or (config.data.clusters and config.data.synthetic.path):
+    raise ConfigError(f'data.clusters={config.data.clusters} must be >= 0 and cannot be combined with '
+                      f'data.synthetic.path; set --config.data.clusters=0')
   _choice(config, 'data.synthetic.mode', ('add', 'only'))
   if config.data.synthetic.mode == 'only' and not config.data.synthetic.path:
     raise ConfigError('data.synthetic.mode=only needs data.synthetic.path (an .npz from --mode sample)')

@@ -182,6 +182,8 @@ def setup(config, workdir: str) -> Experiment:
   task = tasks.get(config.task)
   train_split = pipeline.load_split(config.data, config.data.train_split)
   eval_split = pipeline.load_split(config.data, config.data.eval_split)
+  if hasattr(task, 'validate_data'):
+    task.validate_data(config, train_split)
 
   dtype = jnp.int32 if train_split.input_key == 'tokens' else jnp.float32
   sample = {train_split.input_key: jnp.zeros((1, *train_split.image_shape), dtype),
@@ -392,7 +394,8 @@ def evaluate(config, workdir: str) -> dict:
 
 def sample(config, workdir: str) -> dict:
   """`--mode sample`: config.sample.n images from the latest checkpoint's generator, written to
-  WORKDIR/samples/step_<N>/<i>.png and WORKDIR/samples/step_<N>.npz (uint8 images, labels)."""
+  WORKDIR/samples/step_<N>/<i>.png and WORKDIR/samples/step_<N>.npz (uint8 images, labels; a
+  self-conditioned GAN's cluster ids as `clusters`)."""
   task = tasks.get(config.task)
   if not hasattr(task, 'sample'):
     raise config_lib.ConfigError(f'task {config.task!r} does not generate images; --mode sample is '
@@ -418,6 +421,9 @@ def sample(config, workdir: str) -> dict:
     from PIL import Image  # pylint: disable=g-import-not-at-top
     for i, image in enumerate(images):
       Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(os.path.join(out, f'{i:05d}.png'))
-    np.savez(out + '.npz', images=images, **({} if labels is None else {'labels': labels}))
+    # a self-conditioned GAN's cluster ids are no class labels: saved apart, so CAS and
+    # data.synthetic (which need 'labels') cannot take them for classes
+    tag = 'clusters' if config.data.clusters else 'labels'
+    np.savez(out + '.npz', images=images, **({} if labels is None else {tag: labels}))
   return {'step': step, 'samples': n, 'written': out}
 

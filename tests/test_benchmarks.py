@@ -22,7 +22,8 @@ BATCH = 2
 
 def _jax_model(name):
   """(config, abstract task state) of configs/<name>.py's default preset, as train.setup builds it."""
-  config = load_config(name, preset='')
+  file, _, preset = torch_models.CONFIGS[name].partition(':')
+  config = load_config(file[:-len('.py')], preset=preset)
   sample = {'image': jnp.zeros((1, *SHAPE)), 'label': jnp.zeros((1,), jnp.int32)}
   state = jax.eval_shape(lambda rng: tasks.get(config.task).init(config, rng, sample), jax.random.PRNGKey(0))
   return config, state

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxvision.data import mnist10k, sequences, subset, synthetic, text
+from jaxvision.data import clusters, mnist10k, sequences, subset, synthetic, text
 
 OFFLINE = 'mnist10k'
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -156,6 +156,8 @@ def load_split(data_config, split: str) -> Split:
   out = Split(data_config.name, split, size, image_shape,
               features['label'].num_classes, _fingerprint(b, split), read)
   out = subset.select(out, data_config, is_train=split == data_config.train_split)
+  out = clusters.relabel(out, data_config, split == data_config.train_split,
+                         lambda: load_split(data_config, data_config.train_split))
   if data_config.synthetic.path and split == data_config.train_split:
     out = synthetic.mix(out, data_config.synthetic)
   return out

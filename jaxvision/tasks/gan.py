@@ -87,11 +87,24 @@ def validate(config) -> None:
   if config.model.get('info_codes', 0) and (config.model.num_classes or config.gan.info_weight <= 0):
     raise ConfigError(f'model.info_codes={config.model.info_codes} (InfoGAN) needs an unconditional '
                       f'model and gan.info_weight > 0; set model.num_classes=0, gan.info_weight=1')
+  if config.data.clusters and config.model.num_classes != config.data.clusters:
+    raise ConfigError(f'data.clusters={config.data.clusters} (a self-conditioned GAN) needs '
+                      f'model.num_classes={config.data.clusters}, not {config.model.num_classes}')
   if config.gan.r1_gamma < 0:
     raise ConfigError(f'gan.r1_gamma={config.gan.r1_gamma} must be >= 0 (0 = no R1 penalty)')
   if config.gan.d_steps < 1 or not 0.0 <= config.gan.ema_decay < 1.0:
     raise ConfigError(f'gan.d_steps={config.gan.d_steps} must be >= 1 and '
                       f'gan.ema_decay={config.gan.ema_decay} in [0, 1)')
+
+
+def validate_data(config, train_split) -> None:
+  """A conditional GAN needs one label embedding per class (or cluster) of its data."""
+  from jaxvision.config import ConfigError  # pylint: disable=g-import-not-at-top
+  classes = config.model.get('num_classes', 0)
+  if classes and classes != train_split.num_classes:
+    raise ConfigError(f'model.num_classes={classes} but {train_split.name} has {train_split.num_classes} '
+                      f'classes (data.clusters={config.data.clusters}); set --config.model.num_classes='
+                      f'{train_split.num_classes}, or 0 for an unconditional GAN')
 
 
 def _txs(config):

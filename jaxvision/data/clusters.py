@@ -1,0 +1,144 @@
+"""Pseudo-labels without labels: data.clusters = K replaces every split's labels by cluster ids.
+
+A self-conditioned GAN (Liu et al. 2020) is an unconditional generator that conditions G and D
+on clusters of the training images instead of on classes: G learns K separate kinds of image
+instead of one continuous map that passes through in-between shapes to reach every digit. The
+clusters are balanced spectral clusters of the train split, found without its labels:
+
+  1. the first 50 principal components of the pixels;
+  2. a symmetric 10-nearest-neighbour graph there, Gaussian weights with per-image scales
+     (Zelnik-Manor & Perona 2004), normalised D^-1/2 W D^-1/2;
+  3. its 20 leading eigenvectors, each image's row scaled to unit length (Ng, Jordan & Weiss 2001);
+  4. k-means there with balanced clusters: every cluster holds N / K images (within one), so
+     drawing cluster ids uniformly -- what a conditional GAN's `sample` does -- reproduces the
+     data's own distribution over them.
+
+Eval-split images take the majority cluster of their 10 nearest train images (in the principal
+components). The fit is a function of the train split and K alone (fixed seed and ARPACK start
+vector), computed once per process; it reads the whole train split into memory.
+"""
+import dataclasses
+
+import numpy as np
+
+_COMPONENTS = 50
+_NEIGHBOURS = 10
+_EIGENVECTORS = 20
+_ITERATIONS = 30
+_SEED = 0
+_CHUNK = 1024
+_FITS = {}  # the relabelled train split's fingerprint -> Fit
+
+
+@dataclasses.dataclass(frozen=True)
+class Fit:
+  mean: np.ndarray  # f32[D] the train split's mean pixels
+  basis: np.ndarray  # f32[D, C] principal directions
+  points: np.ndarray  # f32[N, C] the train images in them
+  train_ids: np.ndarray  # i32[N] the train split's cluster ids
+  k: int
+
+  def project(self, images: np.ndarray) -> np.ndarray:
+    return (images.reshape(len(images), -1).astype(np.float32) - self.mean) @ self.basis
+
+  def nearest(self, images: np.ndarray) -> np.ndarray:
+    """Cluster ids of new images: the majority id of their nearest train images."""
+    x = self.project(images)
+    votes = self.train_ids[_neighbours(x, self.points, _NEIGHBOURS)[0]]
+    return np.array([np.bincount(v, minlength=self.k).argmax() for v in votes], np.int32)
+
+
+def _distances(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+  return np.sum(x * x, 1)[:, None] - 2.0 * x @ y.T + np.sum(y * y, 1)[None]
+
+
+def _neighbours(x: np.ndarray, points: np.ndarray, n: int, skip_self: bool = False):
+  """Indices and squared distances of the n nearest `points` to each row of x, in chunks."""
+  index, dist = [], []
+  for start in range(0, len(x), _CHUNK):
+    d = _distances(x[start:start + _CHUNK], points)
+    if skip_self:
+      d[np.arange(len(d)), np.arange(start, start + len(d))] = np.inf
+    part = np.argpartition(d, n, axis=1)[:, :n]
+    part_d = np.take_along_axis(d, part, 1)
+    order = np.argsort(part_d, axis=1, kind='stable')
+    index.append(np.take_along_axis(part, order, 1))
+    dist.append(np.maximum(np.take_along_axis(part_d, order, 1), 0.0))
+  return np.concatenate(index), np.concatenate(dist)
+
+
+def balanced_assignment(d: np.ndarray) -> np.ndarray:
+  """Each row to a column, every column taking floor or ceil of N / K rows: rows claim their
+  nearest column with room left, those with most to lose (second choice worst) first."""
+  n, k = d.shape
+  capacity = np.full(k, n // k) + (np.arange(k) < n % k)
+  ranked = np.argsort(d, axis=1, kind='stable')
+  rows = np.arange(n)
+  regret = d[rows, ranked[:, 1]] - d[rows, ranked[:, 0]] if k > 1 else np.zeros(n)
+  out = np.empty(n, np.int32)
+  for i in np.argsort(-regret, kind='stable'):
+    for c in ranked[i]:
+      if capacity[c]:
+        capacity[c] -= 1
+        out[i] = c
+        break
+  return out
+
+
+def _embedding(points: np.ndarray) -> np.ndarray:
+  import scipy.sparse  # pylint: disable=g-import-not-at-top
+  import scipy.sparse.linalg  # pylint: disable=g-import-not-at-top
+  n = len(points)
+  index, dist = _neighbours(points, points, _NEIGHBOURS, skip_self=True)
+  scale = np.sqrt(dist[:, -1]) + 1e-12
+  rows = np.repeat(np.arange(n), _NEIGHBOURS)
+  weights = np.exp(-dist.ravel() / (scale[rows] * scale[index.ravel()]))
+  w = scipy.sparse.csr_matrix((weights, (rows, index.ravel())), shape=(n, n))
+  w = w.maximum(w.T)
+  inv_sqrt_degree = scipy.sparse.diags(1.0 / np.sqrt(np.asarray(w.sum(1)).ravel()))
+  _, vectors = scipy.sparse.linalg.eigsh(inv_sqrt_degree @ w @ inv_sqrt_degree,
+                                         k=min(_EIGENVECTORS, n - 2), which='LA', v0=np.ones(n))
+  return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def fit(images: np.ndarray, k: int) -> Fit:
+  flat = images.reshape(len(images), -1).astype(np.float32)
+  mean = flat.mean(0)
+  _, _, vt = np.linalg.svd(flat - mean, full_matrices=False)
+  basis = vt[:_COMPONENTS].T
+  points = (flat - mean) @ basis
+  e = _embedding(points)
+  centroids = e[np.random.default_rng(_SEED).choice(len(e), k, replace=False)]
+  for _ in range(_ITERATIONS):
+    ids = balanced_assignment(_distances(e, centroids))
+    centroids = np.stack([e[ids == c].mean(0) for c in range(k)])
+  return Fit(mean, basis, points, ids, k)
+
+
+def relabel(split, data_config, is_train: bool, train_split):
+  """The `Split` with cluster ids as labels and num_classes = data.clusters (0: unchanged).
+  `train_split()` loads the train split when an eval split needs the fit."""
+  k = int(data_config.clusters)
+  if not k:
+    return split
+  from jaxvision.data.pipeline import DataError  # pylint: disable=g-import-not-at-top
+  if is_train:
+    if not 2 <= k <= split.size // 2:
+      raise DataError(f'data.clusters={k} must be between 2 and half the {split.size} train images; '
+                      f'set --config.data.clusters=0 to use the labels')
+    key = f'{split.fingerprint}[clusters={k}]'
+    if key not in _FITS:
+      _FITS[key] = fit(np.asarray(split.read(np.arange(split.size))['image']), k)
+  else:
+    key = train_split().fingerprint  # relabelled, so its fit is in _FITS
+  found = _FITS[key]
+  ids = found.train_ids if is_train else found.nearest(np.asarray(split.read(np.arange(split.size))['image']))
+  read = split.read
+
+  def read_relabelled(idx):
+    batch = dict(read(idx))
+    batch['label'] = ids[np.asarray(idx)]
+    return batch
+
+  return dataclasses.replace(split, num_classes=k, read=read_relabelled,
+                             fingerprint=f'{split.fingerprint}[clusters={k}]')
