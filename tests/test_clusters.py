@@ -1,5 +1,6 @@
 """Balanced spectral clusters as pseudo-labels (data.clusters, the self-conditioned GAN)."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -30,7 +31,8 @@ def test_clusters_of_the_train_digits_are_mostly_one_digit_each(make_config):
   train = pipeline.load_split(config.data, config.data.train_split)
   test = pipeline.load_split(config.data, config.data.eval_split)
   assert train.num_classes == test.num_classes == 30
-  assert train.fingerprint.endswith('[clusters=30]')
+  assert re.search(r'\[clusters=30,ids=[0-9a-f]{12}\]$', train.fingerprint)
+  assert test.fingerprint.endswith(train.fingerprint[train.fingerprint.rindex('['):])  # same fit
   plain = config.copy_and_resolve_references()
   plain.data.clusters = 0
   labels = {s: np.asarray(pipeline.load_split(plain.data, s).read(np.arange(n))['label'])
@@ -75,7 +77,7 @@ def test_self_conditioned_dcgan_end_to_end(make_config, tmp_path):
   final = train.train_and_evaluate(make_config('dcgan', **overrides), str(tmp_path))
   assert np.isfinite(final['eval/d_loss'])
   with open(tmp_path / 'run.json') as f:
-    assert '[clusters=10]' in json.load(f)['data']['train']
+    assert '[clusters=10,ids=' in json.load(f)['data']['train']
   grid = np.asarray(Image.open(tmp_path / 'samples' / 'samples_step_6.png'))
   assert grid.shape[:2] == (10 * 30 + 2, 8 * 30 + 2)  # a row of 8 per cluster, 28 px + 2 px borders
   train.sample(make_config('dcgan', sample__n=12, **overrides), str(tmp_path))

@@ -15,9 +15,12 @@ clusters are balanced spectral clusters of the train split, found without its la
 
 Eval-split images take the majority cluster of their 10 nearest train images (in the principal
 components). The fit is a function of the train split and K alone (fixed seed and ARPACK start
-vector), computed once per process; it reads the whole train split into memory.
+vector; on another machine a different BLAS may move an image at a border, which the ids hash in
+the split fingerprints of run.json shows), computed once per process; it reads the whole train
+split into memory.
 """
 import dataclasses
+import hashlib
 
 import numpy as np
 
@@ -27,7 +30,7 @@ _EIGENVECTORS = 20
 _ITERATIONS = 30
 _SEED = 0
 _CHUNK = 1024
-_FITS = {}  # the relabelled train split's fingerprint -> Fit
+_FITS = {}  # (train split fingerprint, K) -> Fit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +40,12 @@ class Fit:
   points: np.ndarray  # f32[N, C] the train images in them
   train_ids: np.ndarray  # i32[N] the train split's cluster ids
   k: int
+
+  @property
+  def tag(self) -> str:
+    """K and a hash of the ids, for the split fingerprints in run.json: two runs (or machines,
+    whose BLAS may move a border image) with the same tag trained on the same clusters."""
+    return f'clusters={self.k},ids={hashlib.sha256(self.train_ids.tobytes()).hexdigest()[:12]}'
 
   def project(self, images: np.ndarray) -> np.ndarray:
     return (images.reshape(len(images), -1).astype(np.float32) - self.mean) @ self.basis
@@ -126,13 +135,15 @@ def relabel(split, data_config, is_train: bool, train_split):
     if not 2 <= k <= split.size // 2:
       raise DataError(f'data.clusters={k} must be between 2 and half the {split.size} train images; '
                       f'set --config.data.clusters=0 to use the labels')
-    key = f'{split.fingerprint}[clusters={k}]'
+    key = (split.fingerprint, k)
     if key not in _FITS:
       _FITS[key] = fit(np.asarray(split.read(np.arange(split.size))['image']), k)
+    found = _FITS[key]
+    ids = found.train_ids
   else:
-    key = train_split().fingerprint  # relabelled, so its fit is in _FITS
-  found = _FITS[key]
-  ids = found.train_ids if is_train else found.nearest(np.asarray(split.read(np.arange(split.size))['image']))
+    relabelled = train_split().fingerprint  # its fit is in _FITS now
+    found = next(f for (fp, _), f in _FITS.items() if f'{fp}[{f.tag}]' == relabelled)
+    ids = found.nearest(np.asarray(split.read(np.arange(split.size))['image']))
   read = split.read
 
   def read_relabelled(idx):
@@ -141,4 +152,4 @@ def relabel(split, data_config, is_train: bool, train_split):
     return batch
 
   return dataclasses.replace(split, num_classes=k, read=read_relabelled,
-                             fingerprint=f'{split.fingerprint}[clusters={k}]')
+                             fingerprint=f'{split.fingerprint}[{found.tag}]')
