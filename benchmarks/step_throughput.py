@@ -190,7 +190,7 @@ def interleaved(runners: dict, rounds: int, round_s: float, estimates: dict) -> 
 def load_config(name: str, batch: int):
   import torch_models  # pylint: disable=g-import-not-at-top
   from jaxvision import config as config_lib  # pylint: disable=g-import-not-at-top
-  file, _, preset = torch_models.CONFIGS[name].partition(':')
+  file, preset = torch_models.config_file(name)
   config = config_lib.from_file(os.path.join(ROOT, 'configs', file), preset)
   config.data.batch_size = batch
   config.eval.fd_samples = 0  # eval-only metrics: setup would load the domain classifier for them

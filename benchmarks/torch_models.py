@@ -34,6 +34,12 @@ CONFIGS = {'cnn': 'cnn.py', 'resnet': 'resnet.py', 'vit': 'vit.py', 'lstm': 'lst
            'dcgan': 'dcgan.py:plain', 'conv_vae': 'conv_vae.py'}  # file[:preset]; the twins are unconditional
 
 
+def config_file(name: str) -> tuple[str, str]:
+  """(file under configs/, preset) of a model's jaxvision config."""
+  file, _, preset = CONFIGS[name].partition(':')
+  return file, preset
+
+
 def _momentum(flax_momentum: float) -> float:
   return 1.0 - float(flax_momentum)
 

@@ -22,7 +22,7 @@ BATCH = 2
 
 def _jax_model(name):
   """(config, abstract task state) of configs/<name>.py's default preset, as train.setup builds it."""
-  file, _, preset = torch_models.CONFIGS[name].partition(':')
+  file, preset = torch_models.config_file(name)
   config = load_config(file[:-len('.py')], preset=preset)
   sample = {'image': jnp.zeros((1, *SHAPE)), 'label': jnp.zeros((1,), jnp.int32)}
   state = jax.eval_shape(lambda rng: tasks.get(config.task).init(config, rng, sample), jax.random.PRNGKey(0))

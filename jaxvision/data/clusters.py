@@ -113,9 +113,10 @@ def _embedding(points: np.ndarray) -> np.ndarray:
 def fit(images: np.ndarray, k: int) -> Fit:
   flat = images.reshape(len(images), -1).astype(np.float32)
   mean = flat.mean(0)
-  _, _, vt = np.linalg.svd(flat - mean, full_matrices=False)
+  centred = flat - mean
+  _, _, vt = np.linalg.svd(centred, full_matrices=False)
   basis = vt[:_COMPONENTS].T
-  points = (flat - mean) @ basis
+  points = centred @ basis
   e = _embedding(points)
   centroids = e[np.random.default_rng(_SEED).choice(len(e), k, replace=False)]
   for _ in range(_ITERATIONS):
