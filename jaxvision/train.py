@@ -132,6 +132,20 @@ def check_workdir_config(config, workdir: str) -> None:
                        f'or pass --config.allow_config_change=True')
 
 
+def check_workdir_data(config, workdir: str, fingerprints: dict) -> None:
+  """Refuses to resume a workdir trained on other data: another dataset version or subset, other
+  cluster ids (data.clusters; e.g. another machine's BLAS moved a border image). The run would go
+  on, but not as the run it resumes."""
+  info = writers.read_json(os.path.join(workdir, 'run.json'))
+  if info is None or config.allow_config_change or 'data' not in info:
+    return
+  for split in ('train', 'eval'):
+    old, new = info['data'].get(split), fingerprints[split]
+    if old is not None and old != new:
+      raise WorkdirError(f'{workdir} was trained on other {split} data ({old} -> {new}); use a new '
+                         f'--workdir or pass --config.allow_config_change=True')
+
+
 def _git_commit() -> str | None:
   here = os.path.dirname(os.path.abspath(__file__))
   try:
@@ -184,6 +198,8 @@ def setup(config, workdir: str) -> Experiment:
   eval_split = pipeline.load_split(config.data, config.data.eval_split)
   if hasattr(task, 'validate_data'):
     task.validate_data(config, train_split)
+  check_workdir_data(config, workdir, {'train': train_split.fingerprint,
+                                       'eval': eval_split.fingerprint})
 
   dtype = jnp.int32 if train_split.input_key == 'tokens' else jnp.float32
   sample = {train_split.input_key: jnp.zeros((1, *train_split.image_shape), dtype),

@@ -109,7 +109,7 @@ def test_more_clusters_than_half_the_images_is_a_data_error(make_config):
 def test_self_conditioned_dcgan_end_to_end(make_config, tmp_path):
   """data.clusters with a conditional DCGAN: trains, evaluates, grids a row per cluster, and
   `--mode sample` saves the cluster ids apart from class labels."""
-  overrides = dict(data__clusters=10, model__num_classes=10)
+  overrides = dict(data__clusters=10, model__num_classes=10, data__per_class=50)  # 500 to cluster
   final = train.train_and_evaluate(make_config('dcgan', **overrides), str(tmp_path))
   assert np.isfinite(final['eval/d_loss'])
   with open(tmp_path / 'run.json') as f:

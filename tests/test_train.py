@@ -1,6 +1,7 @@
 """The loop end to end: workdir contract, checkpoints, exact resume, eval mode."""
 import json
 import os
+import re
 import shutil
 
 import chex
@@ -195,6 +196,30 @@ def test_a_model_key_newer_than_the_workdir_matches_the_models_default(finished_
   other.model.variant = 'plain'
   with pytest.raises(train.WorkdirError, match=r"model.variant: 'bn_dropout' -> 'plain'"):
     train.check_workdir_config(other, str(tmp_path))
+
+
+def test_resuming_on_other_data_is_refused_before_compute_and_the_workdir_kept(finished_run, tmp_path):
+  """A workdir whose run.json names other train data (here: other cluster ids) is not resumed."""
+  config, workdir, _ = finished_run
+  copy = os.path.join(tmp_path, 'run')
+  shutil.copytree(workdir, copy)
+  info = writers.read_json(os.path.join(copy, 'run.json'))
+  fingerprint = info['data']['train']
+  info['data']['train'] = fingerprint + '[clusters=30,ids=000000000000]'
+  with open(os.path.join(copy, 'run.json'), 'w') as f:
+    json.dump(info, f)
+  mtimes = lambda: {os.path.join(r, n): os.path.getmtime(os.path.join(r, n))
+                    for r, _, names in os.walk(copy) for n in names}
+  before = mtimes()
+  with pytest.raises(train.WorkdirError, match=re.escape(
+      f'was trained on other train data ({fingerprint}[clusters=30,ids=000000000000] -> {fingerprint}); '
+      'use a new --workdir or pass --config.allow_config_change=True')) as e:
+    train.train_and_evaluate(config, copy)
+  assert '\n' not in str(e.value)
+  assert mtimes() == before
+  allowed = config.copy_and_resolve_references()
+  allowed.allow_config_change = True
+  train.check_workdir_data(allowed, copy, {'train': fingerprint, 'eval': info['data']['eval']})
 
 
 def test_a_classifier_run_exports_as_domain_features_even_from_an_older_run_json(finished_run, tmp_path):
