@@ -3,7 +3,7 @@
 On digits the default is self-conditioned (Liu et al. 2020): no labels are used, but G and D are
 conditioned on 30 balanced clusters that jaxvision finds in the train images
 (jaxvision/data/clusters.py), and samples draw the cluster uniformly. On mnist10k the plain DCGAN
-stops at 22x the real-vs-real Frechet distance, this one at about 4x (README.md).
+stops at 22x the real-vs-real Frechet distance, this one at 2.5x (README.md).
 
   python run.py --config configs/dcgan.py            # 28x28 digits of mnist10k, offline
   python run.py --config configs/dcgan.py:plain      # the plain, unconditional DCGAN
