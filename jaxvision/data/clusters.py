@@ -173,25 +173,30 @@ def fit(images: np.ndarray, k: int) -> Fit:
   return Fit(mean, basis, points, ids, k)
 
 
+def _fit_of(train, k: int) -> Fit:
+  """The fit of K clusters to the train split's images, computed once per process."""
+  from jaxvision.data.pipeline import DataError  # pylint: disable=g-import-not-at-top
+  if not 2 <= k <= train.size // 2:
+    raise DataError(f'data.clusters={k} must be between 2 and half the {train.size} train images; '
+                    f'set --config.data.clusters=0 to use the labels')
+  key = (train.fingerprint, k)
+  if key not in _FITS:
+    _FITS[key] = fit(np.asarray(train.read(np.arange(train.size))['image']), k)
+  return _FITS[key]
+
+
 def relabel(split, data_config, is_train: bool, train_split):
   """The `Split` with cluster ids as labels and num_classes = data.clusters (0: unchanged).
-  `train_split()` loads the train split when an eval split needs the fit."""
+  `train_split()` loads the train split as the clusters are fit on it (not relabelled) when an
+  eval split needs the fit."""
   k = int(data_config.clusters)
   if not k:
     return split
-  from jaxvision.data.pipeline import DataError  # pylint: disable=g-import-not-at-top
   if is_train:
-    if not 2 <= k <= split.size // 2:
-      raise DataError(f'data.clusters={k} must be between 2 and half the {split.size} train images; '
-                      f'set --config.data.clusters=0 to use the labels')
-    key = (split.fingerprint, k)
-    if key not in _FITS:
-      _FITS[key] = fit(np.asarray(split.read(np.arange(split.size))['image']), k)
-    found = _FITS[key]
+    found = _fit_of(split, k)
     ids = found.train_ids
   else:
-    relabelled = train_split().fingerprint  # its fit is in _FITS now
-    found = next(f for (fp, _), f in _FITS.items() if f'{fp}[{f.tag}]' == relabelled)
+    found = _fit_of(train_split(), k)
     ids = found.nearest(np.asarray(split.read(np.arange(split.size))['image']))
   read = split.read
 

@@ -125,7 +125,9 @@ def resize_center_crop(image: np.ndarray, short: int, crop: int) -> np.ndarray:
   return out[..., None] if squeeze else out
 
 
-def load_split(data_config, split: str) -> Split:
+def load_split(data_config, split: str, relabel: bool = True) -> Split:
+  """The split as the loop reads it; relabel=False stops before data.clusters' pseudo-labels and
+  data.synthetic's samples (the train images the clusters are fit on)."""
   if data_config.name == sequences.NAME:  # derived from mnist10k, see data/sequences.py
     return sequences.load_split(data_config, split, load_split)
   b = builder(data_config)
@@ -156,8 +158,10 @@ def load_split(data_config, split: str) -> Split:
   out = Split(data_config.name, split, size, image_shape,
               features['label'].num_classes, _fingerprint(b, split), read)
   out = subset.select(out, data_config, is_train=split == data_config.train_split)
+  if not relabel:
+    return out
   out = clusters.relabel(out, data_config, split == data_config.train_split,
-                         lambda: load_split(data_config, data_config.train_split))
+                         lambda: load_split(data_config, data_config.train_split, relabel=False))
   if data_config.synthetic.path and split == data_config.train_split:
     out = synthetic.mix(out, data_config.synthetic)
   return out
