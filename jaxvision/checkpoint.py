@@ -4,20 +4,36 @@ Each checkpoint step holds two items: `state` (the whole train state PyTree)
 and `data` (the grain iterator position), so a resumed run sees exactly the
 batches and random keys an uninterrupted one would. Restore targets carry
 their shardings, so a checkpoint restores onto whatever mesh the run has now.
-A latest checkpoint that cannot be read (truncated or missing files) is
-skipped with one warning naming it, and the previous step is used; nothing
-is deleted. A save that fails on an OS error (disk full, unwritable workdir),
-in the call or in the background write, raises `SaveError`, one line; Orbax
-writes a step to a temporary directory and renames it when complete, so the
-steps saved before stay intact.
+
+Nothing in a checkpoint directory is ever deleted by a failure:
+- checkpoints whose arrays do not fit the model (another config, resumed with
+  `allow_config_change`) are refused by `check_fits` before any compute, from
+  Orbax's metadata, with `WorkdirError`;
+- a step that cannot be read (truncated or missing files) is skipped with one
+  warning, and when training resumes from an older step it is moved aside to
+  `<checkpoints>_unreadable/<step>` (renamed, not deleted), so the run can save
+  that step again;
+- a save that fails on an OS error (disk full, unwritable workdir), in the
+  call or in the background write, raises `SaveError`; Orbax writes a step to a
+  temporary directory and renames it when complete, so the steps saved before
+  stay intact.
 """
 import contextlib
+import gc
+import hashlib
 import logging
+import os
+import sys
 
 from absl import logging as absl_logging
+from etils import epath
 import grain
 import jax
+from jax.experimental import multihost_utils
+import numpy as np
 import orbax.checkpoint as ocp
+
+from jaxvision.errors import SaveError, WorkdirError
 
 log = logging.getLogger(__name__)
 
@@ -28,22 +44,46 @@ log = logging.getLogger(__name__)
 MIN_SLICE_BYTES_FOR_REPLICA_PARALLEL = 1 << 20
 
 
-def _register_array_handler() -> None:
+@contextlib.contextmanager
+def _quiet():
+  """Orbax's warnings off: it warns about every handler override, every read-only option it
+  adjusts and every metadata file an older step lacks."""
   verbosity = absl_logging.get_verbosity()
-  absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax warns about every override
+  absl_logging.set_verbosity(absl_logging.ERROR)
   try:
-    ocp.type_handlers.register_type_handler(
-        jax.Array, ocp.type_handlers.ArrayHandler(
-            min_slice_bytes_for_replica_parallel=MIN_SLICE_BYTES_FOR_REPLICA_PARALLEL), override=True)
+    yield
   finally:
     absl_logging.set_verbosity(verbosity)
 
 
+@contextlib.contextmanager
+def _reads_that_may_fail():
+  """A failed read of a step leaves Orbax coroutines holding the error; Python prints each one
+  ("Exception ignored in: <coroutine ...>", a page of TensorStore spec) when they are collected.
+  The step's error is reported once by `restore`, so those are collected here, silently."""
+  hook = sys.unraisablehook
+  sys.unraisablehook = lambda unraisable: None
+  try:
+    yield
+  finally:
+    gc.collect()
+    sys.unraisablehook = hook
+
+
+def _short(e: BaseException) -> str:
+  """An exception as one short line (TensorStore appends its whole spec to its messages)."""
+  first = (str(e).strip().splitlines() or [''])[0].split('. See full TensorStore details')[0]
+  return f'{type(e).__name__}: {first[:200]}'
+
+
+def _register_array_handler() -> None:
+  with _quiet():
+    ocp.type_handlers.register_type_handler(
+        jax.Array, ocp.type_handlers.ArrayHandler(
+            min_slice_bytes_for_replica_parallel=MIN_SLICE_BYTES_FOR_REPLICA_PARALLEL), override=True)
+
+
 _register_array_handler()
-
-
-class SaveError(Exception):
-  """A checkpoint could not be written; the message is one line with the fix."""
 
 
 def _os_error(e: BaseException) -> OSError | None:
@@ -57,13 +97,87 @@ def _os_error(e: BaseException) -> OSError | None:
   return None
 
 
-class Checkpointer:
+def params_sha256(params) -> str:
+  """Bitwise fingerprint of a params PyTree (names, dtypes, shapes and bytes); a collective when
+  the params are sharded over several processes (every process must call it)."""
+  h = hashlib.sha256()
+  if not all(getattr(x, 'is_fully_addressable', True) for x in jax.tree_util.tree_leaves(params)):
+    params = multihost_utils.process_allgather(params, tiled=True)
+  for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(params))[0]:
+    leaf = np.asarray(leaf)
+    h.update(f'{jax.tree_util.keystr(path)}:{leaf.dtype}:{leaf.shape};'.encode())
+    h.update(np.ascontiguousarray(leaf).tobytes())
+  return h.hexdigest()
 
-  def __init__(self, directory: str, keep: int):
-    self._manager = ocp.CheckpointManager(
-        directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                             enable_async_checkpointing=True))
+
+def _key_name(key) -> str:
+  for attr in ('key', 'name', 'idx'):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def leaf_specs(tree) -> dict[str, tuple]:
+  """{'params/Conv_0/kernel': (shape, dtype name)} for every array leaf of a state, an abstract
+  state or Orbax's metadata tree of one (their paths name the same leaves)."""
+  return {'/'.join(_key_name(k) for k in path): (tuple(leaf.shape), str(leaf.dtype))
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _mismatch(saved: dict, wanted: dict) -> str | None:
+  """A short description of how two leaf_specs differ, or None if they are the same."""
+  missing, extra = sorted(set(wanted) - set(saved)), sorted(set(saved) - set(wanted))
+  changed = sorted((k for k in set(saved) & set(wanted) if saved[k] != wanted[k]),
+                   key=lambda k: (not k.startswith('params/'), k))  # parameters first
+  parts = [f'{k} is {saved[k][1]}{list(saved[k][0])} there, {wanted[k][1]}{list(wanted[k][0])} here'
+           for k in changed[:2]]
+  if missing:
+    parts.append(f'{len(missing)} arrays of this model are not there ({missing[0]}, ...)')
+  if extra:
+    parts.append(f'{len(extra)} arrays there are not in this model ({extra[0]}, ...)')
+  return '; '.join(parts) or None
+
+
+def steps_in(directory: str) -> list[int]:
+  """The committed checkpoint steps in `directory`, oldest first ([] if it does not exist). It
+  reads the directory only: no collective, no write, so any process may call it at any time."""
+  if not epath.Path(directory).is_dir():
+    return []
+  return sorted(ocp.utils.checkpoint_steps(directory))
+
+
+def check_fits(directory: str, abstract_state, workdir: str) -> None:
+  """Raises WorkdirError (one line, before any compute) if the checkpoints in `directory` hold
+  arrays that do not fit `abstract_state`, from the newest step whose metadata can be read."""
+  steps = steps_in(directory)
+  for step in steps[::-1]:
+    try:
+      with _quiet(), _reads_that_may_fail():
+        saved = ocp.StandardCheckpointer().metadata(os.path.join(directory, str(step), 'state'))
+      if saved.item_metadata is None:  # Orbax could not read its arrays' metadata
+        continue
+      saved = leaf_specs(saved.item_metadata)
+    except Exception:  # pylint: disable=broad-except
+      continue  # unreadable: Checkpointer.restore skips it
+    difference = _mismatch(saved, leaf_specs(abstract_state))
+    if difference:
+      raise WorkdirError(
+          f'the checkpoints in {directory} (steps {", ".join(map(str, steps))}) do not fit this '
+          f'config: {difference}; train into another --workdir, or start the changed model from '
+          f'their weights with --workdir NEW --config.init_from.path={workdir}')
+    return
+
+
+class Checkpointer:
+  """Saves and restores (state, data position) steps in one directory."""
+
+  def __init__(self, directory: str, keep: int, read_only: bool = False):
+    self.directory = directory
+    with self._os_errors(None), _quiet():
+      options = (ocp.CheckpointManagerOptions(read_only=True) if read_only else
+                 ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                              enable_async_checkpointing=True))
+      self._manager = ocp.CheckpointManager(directory, options=options)
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -78,27 +192,66 @@ class Checkpointer:
     with self._os_errors(step):
       self._manager.save(step, args=ocp.args.Composite(**items), force=True)
 
-  def restore(self, state_template, data_iterator=None, step: int | None = None):
-    """Restores the newest readable step (or `step`) into the template's shapes
-    and shardings; returns (step, state), or (None, template) if there is none."""
+  def restore(self, state_template, data_iterator=None, move_unreadable: bool = False,
+              step: int | None = None):
+    """Restores the newest readable step into the template's shapes and shardings.
+
+    Args:
+      state_template: a state whose leaves carry the shapes, dtypes and shardings to restore to.
+      data_iterator: a grain iterator to set to the step's position, or None.
+      move_unreadable: move the steps newer than the one restored, which could not be read, to
+        `<directory>_unreadable/` (training does, so that it can save those steps again).
+      step: restore this step, or raise; None: the newest readable one.
+
+    Returns:
+      (step, state), or (None, state_template) when there is no checkpoint.
+
+    Raises:
+      WorkdirError: there are checkpoints, but none can be read.
+    """
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state_template)
-    steps = [step] if step is not None else self.all_steps()[::-1]
-    for s in steps:
+    if step is not None:
+      items = {'state': ocp.args.StandardRestore(abstract)}
+      if data_iterator is not None:
+        items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
+      return step, self._manager.restore(step, args=ocp.args.Composite(**items))['state']
+    failed = []
+    for step in self.all_steps()[::-1]:  # pylint: disable=redefined-argument-from-local
       items = {'state': ocp.args.StandardRestore(abstract)}
       if data_iterator is not None:
         items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
       try:
-        restored = self._manager.restore(s, args=ocp.args.Composite(**items))
+        with _reads_that_may_fail():
+          restored = self._manager.restore(step, args=ocp.args.Composite(**items))
       except Exception as e:  # pylint: disable=broad-except
-        if step is not None:
-          raise
-        first = str(e).splitlines()[0] if str(e) else ''
-        log.warning('checkpoint step %d in %s cannot be read (%s: %s); trying the previous one',
-                    s, self._manager.directory, type(e).__name__, first[:300])
+        log.warning('checkpoint step %d in %s cannot be read (%s); trying the previous one',
+                    step, self.directory, _short(e))
+        failed.append((step, _short(e)))
         continue
-      return s, restored['state']
+      if failed and move_unreadable:
+        self._move_aside([s for s, _ in failed])
+      return step, restored['state']
+    if failed:
+      raise WorkdirError(f'no checkpoint in {self.directory} can be read (step {failed[0][0]}: '
+                         f'{failed[0][1]}); nothing was changed: train into another --workdir')
     return None, state_template
+
+  def _move_aside(self, steps: list[int]) -> None:
+    """Renames unreadable step directories out of Orbax's sight (nothing is deleted)."""
+    aside = epath.Path(f'{os.fspath(self.directory).rstrip("/")}_unreadable')
+    if jax.process_index() == 0:
+      with self._os_errors(None):
+        aside.mkdir(parents=True, exist_ok=True)
+        for step in steps:
+          target, n = aside / str(step), 1
+          while target.exists():
+            target, n = aside / f'{step}.{n}', n + 1
+          (epath.Path(self.directory) / str(step)).rename(target)
+          log.warning('moved the unreadable checkpoint step %d to %s', step, target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices('jaxvision: unreadable checkpoints moved aside')
+    self._manager.reload()
 
   def wait(self) -> None:
     with self._os_errors(None):
@@ -112,10 +265,11 @@ class Checkpointer:
       cause = _os_error(e)
       if cause is None:
         raise
-      good = [s for s in self.all_steps() if step is None or s < step]
+      manager = getattr(self, '_manager', None)
+      good = [s for s in (self.all_steps() if manager else []) if step is None or s < step]
       kept = f'steps {good} are intact' if good else 'no earlier checkpoint exists'
       raise SaveError(f'could not write a checkpoint{"" if step is None else f" of step {step}"} in '
-                      f'{self._manager.directory}: {type(cause).__name__}: {cause}; free disk space '
+                      f'{self.directory}: {type(cause).__name__}: {cause}; free disk space '
                       f'or fix the workdir permissions, then run the same command again ({kept})') from e
 
   def close(self) -> None:

@@ -1,28 +1,62 @@
-"""What run.py needs besides its flags: one-line errors and the mode dispatch."""
+"""What run.py needs besides its flags: one-line errors, the workdir, the mode dispatch.
+
+Whatever happens, the terminal gets one line and the process a documented exit code
+(`jaxvision.errors`): bad input 2 before anything ran, a diverged run 3, a workdir or checkpoint
+that could not be written 4, Ctrl-C 130 and SIGTERM 143 after saving the step they arrived in,
+and anything unexpected 1, with its traceback in WORKDIR/error.log.
+"""
+import datetime
+import glob
 import importlib.util
+import logging as std_logging
 import os
 import sys
+import tempfile
+import traceback
 
 from absl import flags, logging
+from etils import epath
 
-EXIT_BAD_INPUT = 2
-EXIT_DIVERGED = 3  # a NaN/Inf train metric; the last good checkpoint is kept
-EXIT_SAVE_FAILED = 4  # a checkpoint could not be written (disk full, unwritable); earlier steps intact
-EXIT_PREEMPTED = 143  # 128 + SIGTERM, as if the signal had ended the process
+from jaxvision import errors
+
+MODES = ('train', 'eval', 'sample', 'explain')
 
 
 def _fail(message: str) -> None:
   print(f'error: {message}', file=sys.stderr)
-  sys.exit(EXIT_BAD_INPUT)
+  sys.exit(errors.EXIT_BAD_INPUT)
 
 
-def _unknown_override(argv, config_arg: str) -> str | None:
-  """Finds the first --config.a.b=... whose key does not exist, with its siblings."""
+def config_arg_of(argv) -> str | None:
+  """The value of --config in argv (either spelling), or None."""
+  for i, arg in enumerate(argv):
+    if arg.startswith('--config='):
+      return arg.split('=', 1)[1]
+    if arg == '--config' and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def load_config_file(config_arg: str):
+  """get_config(preset) of 'path.py[:preset]', or a one-line reason why it cannot be had."""
   path, _, preset = config_arg.partition(':')
-  spec = importlib.util.spec_from_file_location('_config_for_error', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(preset) if preset else module.get_config()
+  if not os.path.isfile(path):
+    where = os.path.dirname(path) or '.'
+    names = sorted(os.path.basename(p) for p in glob.glob(os.path.join(where, '*.py')))
+    known = f'; {where}/ has {", ".join(names)}' if names else ''
+    return None, f'--config {path}: no such file{known}'
+  try:
+    spec = importlib.util.spec_from_file_location('_jaxvision_config_check', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return (module.get_config(preset) if preset else module.get_config()), None
+  except Exception as e:  # pylint: disable=broad-except
+    first = (str(e).strip().splitlines() or [''])[0]
+    return None, f'--config {config_arg}: {type(e).__name__}: {first}'
+
+
+def unknown_override(argv, config) -> str | None:
+  """The first --config.a.b=... whose key does not exist, with its siblings."""
   for arg in argv[1:]:
     if not arg.startswith('--config.'):
       continue
@@ -40,19 +74,23 @@ def _unknown_override(argv, config_arg: str) -> str | None:
 
 def parse_flags(argv):
   """absl flag parsing whose errors are one line on stderr and exit code 2."""
+  config_arg = config_arg_of(argv)
+  config = None
+  if config_arg:
+    config, problem = load_config_file(config_arg)
+    if problem:
+      _fail(problem)
   try:
-    return flags.FLAGS(argv)
+    rest = flags.FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
     message = str(e).splitlines()[0] if str(e) else type(e).__name__
-    config_arg = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), None)
-    if config_arg is None and '--config' in argv[:-1]:
-      config_arg = argv[argv.index('--config') + 1]
-    if config_arg:
-      try:
-        message = _unknown_override(argv, config_arg) or message
-      except Exception:  # pylint: disable=broad-except
-        pass  # keep absl's own message
+    if config is not None:
+      message = unknown_override(argv, config) or message
     _fail(message.replace('flag --config.', '--config.'))
+  if len(rest) > 1:
+    _fail(f'unexpected argument {rest[1]!r}; flags look like --config.train.steps=100 '
+          f'(run.py --help lists them)')
+  return rest
 
 
 def _cluster_environment() -> bool:
@@ -74,7 +112,7 @@ def init_distributed(coordinator_address: str | None, num_processes: int | None,
     return
   if all(given) and not 0 <= process_id < num_processes:
     _fail(f'--process_id={process_id} must be in [0, --num_processes={num_processes})')
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top  # not before the flags are known to be valid
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')  # CPU devices across processes
   jax.distributed.initialize(coordinator_address, num_processes, process_id)
 
@@ -88,34 +126,66 @@ def config_name(config_flag) -> str:
   return f'{name}_{preset}' if preset else name
 
 
+def _traceback_file(workdir: str | None) -> str:
+  """Writes the current exception's traceback to WORKDIR/error.log (appended, with the time and
+  command), or to a temporary file when the workdir cannot take it; returns where it went."""
+  text = (f'--- {datetime.datetime.now().isoformat(timespec="seconds")} {" ".join(sys.argv)}\n'
+          f'{traceback.format_exc()}\n')
+  if workdir:
+    try:
+      path = epath.Path(workdir)
+      path.mkdir(parents=True, exist_ok=True)
+      log = path / 'error.log'
+      with log.open('a') as f:
+        f.write(text)
+      return os.fspath(log)
+    except Exception:  # pylint: disable=broad-except
+      pass
+  fd, log = tempfile.mkstemp(prefix='jaxvision-error-', suffix='.log')
+  with os.fdopen(fd, 'w') as f:
+    f.write(text)
+  return log
+
+
+def _one_line(e: BaseException) -> str:
+  return ((str(e).strip().splitlines() or [''])[0][:500]) or type(e).__name__
+
+
 def run(config, workdir: str, mode: str) -> int:
-  """Runs the mode; returns the exit code. Known bad input ends in one line."""
-  from jaxvision import config as config_lib, parallel, train  # pylint: disable=g-import-not-at-top
-  from jaxvision.data import pipeline  # pylint: disable=g-import-not-at-top
+  """Runs `mode` on `workdir` (as typed: resolved here, once); returns the exit code."""
   if not flags.FLAGS['verbosity'].present:  # orbax's INFO chatter off; --verbosity=0 brings it back
     logging.set_verbosity(logging.WARNING)
-  from jaxvision import checkpoint  # pylint: disable=g-import-not-at-top
-  one_line = (config_lib.ConfigError, pipeline.DataError, parallel.MeshError, train.WorkdirError)
+  # Reading an unreadable checkpoint step leaves Orbax's asyncio tasks with errors that asyncio
+  # prints when they are garbage-collected, dozens of lines each; the loop reports the step once.
+  std_logging.getLogger('asyncio').setLevel(std_logging.CRITICAL)
+  resolved = None
   try:
+    # imported here, not at the top: flag errors answer at once, not after ~3 s of imports
+    from jaxvision import train, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+    resolved = workdir_lib.resolve(workdir)
     if mode == 'train':
-      metrics = train.train_and_evaluate(config, workdir)
+      metrics = train.train_and_evaluate(config, resolved)
     elif mode == 'sample':
-      metrics = train.sample(config, workdir)
+      metrics = train.sample(config, resolved)
     elif mode == 'explain':
       from jaxvision.evaluate import explain  # pylint: disable=g-import-not-at-top
-      metrics = explain.explain(config, workdir)
+      metrics = explain.explain(config, resolved)
     else:
-      metrics = train.evaluate(config, workdir)
-  except one_line as e:
-    _fail(str(e))
-  except train.Diverged as e:
-    print(f'error: {e}', file=sys.stderr)
-    return EXIT_DIVERGED
-  except checkpoint.SaveError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return EXIT_SAVE_FAILED
-  except train.Preempted as e:
-    print(str(e), file=sys.stderr)
-    return EXIT_PREEMPTED
+      metrics = train.evaluate(config, resolved)
+  except errors.Preempted as e:
+    print(_one_line(e), file=sys.stderr)
+    return e.exit_code
+  except errors.Error as e:
+    print(f'error: {_one_line(e)}', file=sys.stderr)
+    return e.exit_code
+  except KeyboardInterrupt:
+    print('error: interrupted by Ctrl-C; the checkpoints saved before are intact: run the same '
+          'command again to resume from the last one', file=sys.stderr)
+    return errors.EXIT_INTERRUPTED
+  except Exception as e:  # pylint: disable=broad-except
+    log = _traceback_file(resolved)
+    print(f'error: {type(e).__name__}: {_one_line(e)} (the full traceback is in {log})',
+          file=sys.stderr)
+    return errors.EXIT_UNEXPECTED
   print(' '.join(f'{k}={v:.6g}' if isinstance(v, float) else f'{k}={v}' for k, v in metrics.items()))
   return 0

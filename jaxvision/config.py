@@ -5,17 +5,17 @@ it needs, so commands and tests can rely on the same keys everywhere. The
 config is validated by `validate()` before any compute: a bad value raises
 `ConfigError` with one line naming the key and what is allowed.
 """
+import math
+
 import ml_collections
+
+from jaxvision.errors import ConfigError
 
 OPTIMIZERS = ('adam', 'adamw', 'sgd', 'momentum')
 SCHEDULES = ('constant', 'cosine', 'warmup_cosine', 'onecycle')
 SCALES = ('zero_one', 'minus_one_one', 'imagenet')
 AUGMENTS = ('none', 'shift', 'crop_flip', 'inception_crop')
 MODES = ('train', 'eval', 'sample', 'explain')
-
-
-class ConfigError(ValueError):
-  """A config value that cannot work; the message is one line with the fix."""
 
 
 def base() -> ml_collections.ConfigDict:
@@ -121,20 +121,64 @@ def base() -> ml_collections.ConfigDict:
   return c
 
 
-def _choice(config, key: str, allowed) -> None:
+def _get(config, key: str):
   value = config
   for part in key.split('.'):
     value = value[part]
+  return value
+
+
+def _choice(config, key: str, allowed) -> None:
+  value = _get(config, key)
   if value not in allowed:
     raise ConfigError(f'{key}={value!r} is not allowed; use one of: {", ".join(map(str, allowed))}')
 
 
-def _positive(config, key: str) -> None:
-  value = config
-  for part in key.split('.'):
-    value = value[part]
-  if value <= 0:
-    raise ConfigError(f'{key}={value!r} must be > 0')
+# Numeric keys and the interval each must lie in: (low, high, low included, high included).
+_AT_LEAST_0 = (0, math.inf, True, False)
+_ABOVE_0 = (0, math.inf, False, False)
+_AT_LEAST_1 = (1, math.inf, True, False)
+_FRACTION = (0, 1, True, False)  # [0, 1)
+RANGES = {
+    'seed': _AT_LEAST_0,
+    'data.batch_size': _AT_LEAST_1, 'data.eval_batch_size': _AT_LEAST_1,
+    'data.shift': _AT_LEAST_0, 'data.image_size': _AT_LEAST_0, 'data.read_threads': _AT_LEAST_1,
+    'data.per_class': _AT_LEAST_0, 'data.clusters': _AT_LEAST_0, 'data.max_len': _AT_LEAST_1,
+    'data.vocab_size': (3, math.inf, True, False), 'data.seq_len': _AT_LEAST_1,
+    'data.seq_train_count': _AT_LEAST_1, 'data.seq_test_count': _AT_LEAST_1,
+    'data.synthetic.real_fraction': _FRACTION,
+    'loss.label_smoothing': _FRACTION, 'loss.beta': _AT_LEAST_0, 'loss.kl_warmup_steps': _AT_LEAST_0,
+    'optim.lr': _ABOVE_0, 'optim.warmup_frac': _FRACTION, 'optim.b1': _FRACTION,
+    'optim.b2': _FRACTION, 'optim.momentum': _FRACTION, 'optim.weight_decay': _AT_LEAST_0,
+    'optim.grad_clip': _AT_LEAST_0,
+    'train.steps': _AT_LEAST_1, 'train.log_every': _AT_LEAST_1, 'train.eval_every': _AT_LEAST_1,
+    'train.ckpt_every': _AT_LEAST_1, 'train.keep_ckpts': _AT_LEAST_1,
+    'eval.iwae_k': _AT_LEAST_0, 'eval.iwae_chunk': _AT_LEAST_1, 'eval.fd_samples': _AT_LEAST_0,
+    'explain.n': _AT_LEAST_1, 'explain.steps': _AT_LEAST_1, 'sample.n': _AT_LEAST_1,
+    'gan.d_steps': _AT_LEAST_1, 'gan.ema_decay': _FRACTION, 'gan.g_lr': _AT_LEAST_0,
+    'gan.d_lr': _AT_LEAST_0, 'gan.info_weight': _AT_LEAST_0, 'gan.r1_gamma': _AT_LEAST_0,
+}
+_NOTES = {  # what a value means at a bound, for the error message
+    'optim.grad_clip': ' (0: no clipping)', 'gan.g_lr': ' (0: optim.lr)', 'gan.d_lr': ' (0: optim.lr)',
+    'eval.fd_samples': ' (0: no FD/KID)', 'data.per_class': ' (0: every example)',
+    'data.clusters': ' (0: the labels)', 'eval.iwae_k': ' (0: no IWAE bound)',
+}
+
+
+def _interval(low, high, closed_low, closed_high) -> str:
+  if high == math.inf:
+    return f'{">=" if closed_low else ">"} {low:g}'
+  return f'in {"[" if closed_low else "("}{low:g}, {high:g}{"]" if closed_high else ")"}'
+
+
+def check_range(key: str, value, bounds) -> None:
+  """ConfigError unless `value` is a number in `bounds` (see RANGES)."""
+  low, high, closed_low, closed_high = bounds
+  ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+        and (value >= low if closed_low else value > low)
+        and (value <= high if closed_high else value < high))
+  if not ok:
+    raise ConfigError(f'{key}={value!r} must be {_interval(*bounds)}{_NOTES.get(key, "")}')
 
 
 def required(kind=str):
@@ -154,7 +198,7 @@ def _missing(config, prefix: str = '') -> list[str]:
 
 
 def validate(config) -> None:
-  """Checks that need no data and no devices; raises ConfigError."""
+  """Checks every value that needs no data and no devices; raises ConfigError (one line)."""
   from jaxvision import models, tasks  # registries; imported late to keep this module light
   missing = _missing(config)
   if missing:
@@ -166,27 +210,24 @@ def validate(config) -> None:
   _choice(config, 'optim.schedule', SCHEDULES)
   _choice(config, 'data.scale', SCALES)
   _choice(config, 'data.augment', AUGMENTS)
-  for key in ('data.batch_size', 'data.eval_batch_size', 'optim.lr', 'train.steps',
-              'train.log_every', 'train.eval_every', 'train.ckpt_every', 'train.keep_ckpts'):
-    _positive(config, key)
-  if not 0.0 <= config.optim.warmup_frac < 1.0:
-    raise ConfigError(f'optim.warmup_frac={config.optim.warmup_frac} must be in [0, 1)')
+  for key, bounds in RANGES.items():
+    if _has(config, key):
+      check_range(key, _get(config, key), bounds)
+  if config.eval.fd_samples == 1:
+    raise ConfigError('eval.fd_samples=1 must be 0 (no FD/KID) or >= 2: a covariance needs two samples')
   if not isinstance(config.data.name, str) or not config.data.name:
     raise ConfigError('data.name must be a TFDS dataset name, e.g. data.name=mnist10k')
-  if config.data.clusters < 0 or (config.data.clusters and config.data.synthetic.path):
-    raise ConfigError(f'data.clusters={config.data.clusters} must be >= 0 and cannot be combined with '
+  classes = tuple(config.data.classes)
+  if any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in classes) or len(set(classes)) < len(classes):
+    raise ConfigError(f'data.classes={classes} must be distinct labels >= 0, e.g. (5, 6, 7, 8, 9)')
+  if config.data.clusters and config.data.synthetic.path:
+    raise ConfigError(f'data.clusters={config.data.clusters} cannot be combined with '
                       f'data.synthetic.path; set --config.data.clusters=0')
   _choice(config, 'data.synthetic.mode', ('add', 'only'))
   if config.data.synthetic.mode == 'only' and not config.data.synthetic.path:
     raise ConfigError('data.synthetic.mode=only needs data.synthetic.path (an .npz from --mode sample)')
-  if not 0.0 <= config.data.synthetic.real_fraction < 1.0:
-    raise ConfigError(f'data.synthetic.real_fraction={config.data.synthetic.real_fraction} must be in '
-                      f'[0, 1) (e.g. 0.5 for half real, half generated; 0 to add the real images once)')
   if config.data.augment == 'inception_crop' and config.data.image_size <= 0:
     raise ConfigError('data.augment=inception_crop needs data.image_size > 0 (e.g. 224)')
-  if config.eval.iwae_k < 0 or config.eval.iwae_chunk <= 0:
-    raise ConfigError(f'eval.iwae_k={config.eval.iwae_k} must be >= 0 and '
-                      f'eval.iwae_chunk={config.eval.iwae_chunk} > 0')
   if config.eval.iwae_k % config.eval.iwae_chunk:
     raise ConfigError(f'eval.iwae_chunk={config.eval.iwae_chunk} must divide '
                       f'eval.iwae_k={config.eval.iwae_k}')
@@ -202,6 +243,15 @@ def validate(config) -> None:
   if config.parallel == 'pmap' and (config.mesh.fsdp != 1 or config.mesh.model != 1):
     raise ConfigError(f'parallel=pmap is data parallel only, but mesh.fsdp={config.mesh.fsdp}, '
                       f'mesh.model={config.mesh.model}; set them to 1 or use parallel=jit')
+
+
+def _has(config, key: str) -> bool:
+  node = config
+  for part in key.split('.'):
+    if not hasattr(node, 'keys') or part not in node:
+      return False
+    node = node[part]
+  return True
 
 
 def smoke(c: ml_collections.ConfigDict, batch_size: int = 32) -> ml_collections.ConfigDict:

@@ -31,14 +31,12 @@ import numpy as np
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jaxvision.errors import MeshError
+
 AXES = ('data', 'fsdp', 'model')
 BATCH_AXES = ('data', 'fsdp')
 FSDP_MIN_SIZE = 2 ** 12  # smaller leaves stay replicated: splitting them saves less than it costs
 PMAP_AXIS = 'batch'
-
-
-class MeshError(ValueError):
-  """A mesh that does not fit the devices; the message is one line with the fix."""
 
 
 def mesh_shape(mesh_config, num_devices: int) -> tuple[int, ...]:

@@ -1,21 +1,24 @@
-"""The one loop: `train_and_evaluate(config, workdir)` and `evaluate(config, workdir)`.
+"""The one loop: `train_and_evaluate(config, workdir)`, `evaluate`, `sample`.
 
 Restore-or-init, then jitted steps with the batch sharded over the mesh and
 the state donated; log every `train.log_every`, evaluate every
 `train.eval_every` and at the end, checkpoint every `train.ckpt_every`, at
-the end and on SIGTERM. The loop knows nothing about which task or model it
+the end and when a stop signal arrives (SIGTERM, Ctrl-C: the step it arrives
+in is saved, whatever the loop was doing, and the run ends with
+`errors.Preempted`). The loop knows nothing about which task or model it
 runs: it calls `task.init/train_step/eval_step` from the task registry, and
 two optional hooks when the task has them: `task.final_eval_step` replaces
 `eval_step` at the last step and in eval mode (expensive metrics, e.g. IWAE),
 and `task.sample_images(state, config, first_eval_batch)` returns uint8 grids
 that every eval writes to WORKDIR/samples/<name>_step_<N>.png and TensorBoard.
+
+Every check that can refuse a run (config values, the workdir's config, data
+and checkpoints, the mesh, the data) runs in `setup`, before any compute and
+before anything is written.
 """
 import dataclasses
-import hashlib
 import importlib.metadata
-import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -25,26 +28,16 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
+from jax.experimental import multihost_utils
 
-from jaxvision import checkpoint, models, parallel, tasks, transfer, writers
+from jaxvision import checkpoint, parallel, preemption, tasks, transfer, writers
 from jaxvision import config as config_lib
+from jaxvision import workdir as workdir_lib
 from jaxvision.data import pipeline
+from jaxvision.errors import ConfigError, Diverged, WorkdirError
 
-# Keys that may change between a run and its resumption without changing the result.
-RESUMABLE_KEYS = ('allow_config_change', 'train.progress', 'data.read_threads', 'data.tfds_dir',
-                  'train.log_every', 'train.eval_every', 'sample.n', 'debug_nans',
-                  'explain.n', 'explain.steps',
-                  'mesh.data', 'mesh.fsdp', 'mesh.model', 'parallel')  # a checkpoint restores onto any mesh
 PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'tensorflow-datasets', 'grain',
             'chex', 'ml-collections', 'numpy')
-
-
-class Preempted(Exception):
-  """Raised after SIGTERM once the checkpoint of the current step is saved."""
-
-
-class Diverged(FloatingPointError):
-  """A train metric became NaN or Inf; no checkpoint of the diverged state was written."""
 
 
 def check_finite(history: list, first_step: int) -> None:
@@ -58,8 +51,8 @@ def check_finite(history: list, first_step: int) -> None:
                        f'(lower optim.lr, set optim.grad_clip, or pass --config.debug_nans=True to find the op)')
 
 
-class WorkdirError(ValueError):
-  """The workdir holds something this run must not touch; one line with the fix."""
+class _EvalInterrupted(Exception):
+  """A stop signal arrived during an eval: the eval is dropped, the step is saved."""
 
 
 @dataclasses.dataclass
@@ -75,9 +68,14 @@ class Experiment:
   eval_step: object
   batch_sharding: object
   final_eval_step: object  # eval_step, or the task's final_eval_step
+  eval_batch_size: int  # data.eval_batch_size rounded up to the mesh's batch shards (rows masked)
   generative: object = None  # evaluate.generative.GenerativeMetrics when eval.fd_samples > 0
   transfer: dict | None = None  # what init_from loaded (recorded in run.json)
   pmap: bool = False  # config.parallel == 'pmap': train_step takes the state `place`d
+
+  @property
+  def checkpoints(self) -> str:
+    return os.path.join(self.workdir, 'checkpoints')
 
   def place(self, state):
     """The state as `train_step` takes it (under pmap: one copy per device)."""
@@ -94,56 +92,8 @@ class Experiment:
       return jax.tree.map(lambda x: x.reshape(n, x.shape[0] // n, *x.shape[1:]), local_batch)
     return parallel.to_global(local_batch, self.batch_sharding)
 
-
-def _flat(config) -> dict:
-  out = {}
-  def walk(d, prefix):
-    for k, v in d.items():
-      if isinstance(v, dict):
-        walk(v, f'{prefix}{k}.')
-      else:
-        out[f'{prefix}{k}'] = v
-  walk(config.to_dict() if hasattr(config, 'to_dict') else config, '')
-  return out
-
-
-def _jsonable(tree):
-  return json.loads(json.dumps(tree, default=str))
-
-
-def check_workdir_config(config, workdir: str) -> None:
-  """Refuses to resume a workdir written by a different config."""
-  info = writers.read_json(os.path.join(workdir, 'run.json'))
-  if info is None or config.allow_config_change:
-    return
-  old, new = _flat(info['config']), _flat(_jsonable(config.to_dict()))
-  # A key the old run did not have yet (a newer jaxvision) matches when it holds the value the old
-  # run used without naming it: base()'s, or for model.X the model's own default for field X.
-  default = {**_flat(_jsonable(config_lib.base().to_dict())),
-             **_flat({'model': _jsonable(models.defaults(info['config'].get('model', {}).get('name')))})}
-  for k in set(new) - set(old):
-    if k in default:
-      old[k] = default[k]
-  differ = sorted(k for k in set(old) | set(new)
-                  if k not in RESUMABLE_KEYS and old.get(k, '<unset>') != new.get(k, '<unset>'))
-  if differ:
-    shown = ', '.join(f'{k}: {old.get(k, "<unset>")!r} -> {new.get(k, "<unset>")!r}' for k in differ[:6])
-    raise WorkdirError(f'{workdir} holds a run of another config ({shown}); use a new --workdir '
-                       f'or pass --config.allow_config_change=True')
-
-
-def check_workdir_data(config, workdir: str, fingerprints: dict) -> None:
-  """Refuses to resume a workdir trained on other data: another dataset version or subset, other
-  cluster ids (data.clusters; e.g. another machine's BLAS moved a border image). The run would go
-  on, but not as the run it resumes."""
-  info = writers.read_json(os.path.join(workdir, 'run.json'))
-  if info is None or config.allow_config_change or 'data' not in info:
-    return
-  for split in ('train', 'eval'):
-    old, new = info['data'].get(split), fingerprints[split]
-    if old is not None and old != new:
-      raise WorkdirError(f'{workdir} was trained on other {split} data ({old} -> {new}); use a new '
-                         f'--workdir or pass --config.allow_config_change=True')
+  def eval_batches(self):
+    return pipeline.eval_batches(self.config, self.eval_split, self.eval_batch_size)
 
 
 def _git_commit() -> str | None:
@@ -168,38 +118,61 @@ def _versions() -> dict:
   return out
 
 
-def params_sha256(params) -> str:
-  """Bitwise fingerprint of a params PyTree (names, dtypes, shapes and bytes)."""
-  h = hashlib.sha256()
-  if not all(getattr(x, 'is_fully_addressable', True) for x in jax.tree_util.tree_leaves(params)):
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    params = multihost_utils.process_allgather(params, tiled=True)  # collective: every process calls
-  for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(params))[0]:
-    leaf = np.asarray(leaf)
-    h.update(f'{jax.tree_util.keystr(path)}:{leaf.dtype}:{leaf.shape};'.encode())
-    h.update(np.ascontiguousarray(leaf).tobytes())
-  return h.hexdigest()
+params_sha256 = checkpoint.params_sha256
 
 
-def setup(config, workdir: str) -> Experiment:
-  """Everything before the first step; every check that can fail runs here, before compute."""
+def check_classes(config, train_split) -> None:
+  """ConfigError unless the model has a class for every label the data holds: a classifier's
+  head needs at least that many logits (labels are not renumbered, so data.classes=(0, ..., 4)
+  needs 5 and (5, ..., 9) needs 10); a conditional generator's label embedding exactly the
+  data's classes (or clusters), since samples draw a class uniformly."""
+  classes = config.model.get('num_classes')
+  if classes is None or (config.task != 'classification' and not classes):
+    return  # no head, or an unconditional generator
+  if config.task == 'classification':
+    needed = max(config.data.classes) + 1 if config.data.classes else train_split.num_classes
+    if classes < needed:
+      raise ConfigError(f'model.num_classes={classes} but the labels of {train_split.name} go up to '
+                        f'{needed - 1}; set --config.model.num_classes={needed}')
+  elif classes != train_split.num_classes:
+    clusters = f' (data.clusters={config.data.clusters})' if config.data.clusters else ''
+    raise ConfigError(f'model.num_classes={classes} but {train_split.name} has '
+                      f'{train_split.num_classes} classes{clusters}; set --config.model.num_classes='
+                      f'{train_split.num_classes}, or 0 for an unconditional model')
+
+
+def setup(config, workdir: str, restoring: bool = False) -> Experiment:
+  """Everything before the first step. Every check that can refuse the run is here, before any
+  compute and before anything is written to `workdir`.
+
+  Args:
+    config: the experiment config (validated here).
+    workdir: the resolved run directory (see `workdir.resolve`).
+    restoring: the mode reads a checkpoint (eval, sample, explain): refuse at once if there is none.
+
+  Returns:
+    The Experiment: mesh, task, splits, the initial state and the jitted steps.
+  """
   config_lib.validate(config)
-  check_workdir_config(config, workdir)
-  jax.config.update('jax_debug_nans', bool(config.debug_nans))
+  workdir_lib.check_usable(workdir)
+  checkpoints = os.path.join(workdir, 'checkpoints')
+  if restoring and not checkpoint.steps_in(checkpoints):
+    raise WorkdirError(f'no checkpoint in {checkpoints}; train first (same command with --mode train)')
   mesh = parallel.make_mesh(config.mesh)
   shards = parallel.batch_size_per_shard(mesh)
-  for key in ('batch_size', 'eval_batch_size'):
-    size = config.data[key]
-    if size % shards:
-      raise config_lib.ConfigError(f'data.{key}={size} must be divisible by the {shards} batch shards '
-                                   f'of the mesh; pick a multiple of {shards}')
+  if config.data.batch_size % shards:
+    raise ConfigError(f'data.batch_size={config.data.batch_size} must be divisible by the {shards} '
+                      f'batch shards of the mesh; pick a multiple of {shards}')
+  workdir_lib.check_config(config, workdir)
+  jax.config.update('jax_debug_nans', bool(config.debug_nans))
+  eval_batch_size = -(-config.data.eval_batch_size // shards) * shards  # padded rows are masked
   task = tasks.get(config.task)
   train_split = pipeline.load_split(config.data, config.data.train_split)
   eval_split = pipeline.load_split(config.data, config.data.eval_split)
   if hasattr(task, 'validate_data'):
     task.validate_data(config, train_split)
-  check_workdir_data(config, workdir, {'train': train_split.fingerprint,
-                                       'eval': eval_split.fingerprint})
+  workdir_lib.check_data(config, workdir, {'train': train_split.fingerprint,
+                                           'eval': eval_split.fingerprint})
 
   dtype = jnp.int32 if train_split.input_key == 'tokens' else jnp.float32
   sample = {train_split.input_key: jnp.zeros((1, *train_split.image_shape), dtype),
@@ -210,20 +183,26 @@ def setup(config, workdir: str) -> Experiment:
     abstract = jax.eval_shape(init, rng)
   except Exception as e:  # shape errors from the model, before any compute
     first = (str(e).strip().splitlines() or [''])[0]
-    raise config_lib.ConfigError(
+    if first.startswith('model.'):  # a model's own check of a field: its message says it all
+      raise ConfigError(first[:300]) from e
+    raise ConfigError(
         f'model {config.model.name!r} cannot take {config.data.name} images of shape '
         f'{train_split.image_shape}: {type(e).__name__}: {first[:300]}') from e
+  check_classes(config, train_split)
+  checkpoint.check_fits(checkpoints, abstract, workdir)
   state_sharding = parallel.state_sharding(mesh, abstract)
   batch_sharding = parallel.batch_sharding(mesh)
   replicated = parallel.replicated(mesh)
   if config.freeze:
     transfer.check_freeze(config, abstract.params)
-  state = jax.jit(init, out_shardings=state_sharding)(rng)
   transfer_info = None
   if config.init_from.path:
-    if not hasattr(state, 'tx'):
-      raise config_lib.ConfigError(f'init_from works with single-optimizer tasks (classification, vae), '
-                                   f'not task {config.task!r}')
+    if not hasattr(abstract, 'tx'):
+      raise ConfigError(f'init_from works with single-optimizer tasks (classification, vae), '
+                        f'not task {config.task!r}')
+    transfer.check_source(config)
+  state = jax.jit(init, out_shardings=state_sharding)(rng)
+  if config.init_from.path:
     params, batch_stats, transfer_info = transfer.load_pretrained(
         config, state.params, getattr(state, 'batch_stats', {}))
     state = state.replace(params=params, opt_state=state.tx.init(params),
@@ -246,20 +225,29 @@ def setup(config, workdir: str) -> Experiment:
     from jaxvision.evaluate import generative as generative_lib  # pylint: disable=g-import-not-at-top
     generative = generative_lib.GenerativeMetrics(config, task, train_split, eval_split)
   return Experiment(config, workdir, mesh, task, train_split, eval_split, state, train_step,
-                    eval_step, batch_sharding, final_eval_step, generative, transfer_info, pmap)
+                    eval_step, batch_sharding, final_eval_step, eval_batch_size, generative,
+                    transfer_info, pmap)
 
 
-def run_eval(exp: Experiment, state, final: bool = False) -> dict:
+def run_eval(exp: Experiment, state, final: bool = False, interrupted=lambda: False) -> dict:
+  """The eval metrics of `state`: sums over the eval split divided by its size, and the
+  generative metrics. `interrupted()` is asked between batches; when it is true the eval stops
+  with _EvalInterrupted (a stop signal: the loop saves instead)."""
   step_fn = exp.final_eval_step if final else exp.eval_step
   sums = None
-  for batch in pipeline.eval_batches(exp.config, exp.eval_split):
+  for batch in exp.eval_batches():
+    if interrupted():
+      raise _EvalInterrupted()
     out = step_fn(state, parallel.to_global(batch, exp.batch_sharding))
     sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
   sums = jax.device_get(sums)
   count = sums.pop('count')
   metrics = {f'eval/{k}': float(v) / float(count) for k, v in sums.items()}
   if exp.generative is not None:
-    metrics.update(exp.generative(state))
+    generative = exp.generative(state, interrupted)
+    if generative is None:
+      raise _EvalInterrupted()
+    metrics.update(generative)
   return metrics
 
 
@@ -267,7 +255,7 @@ def write_samples(exp: Experiment, state, step: int, writer) -> None:
   """The task's image grids (if it makes any) as PNGs in WORKDIR/samples and to TensorBoard."""
   if not hasattr(exp.task, 'sample_images'):
     return
-  first = next(iter(pipeline.eval_batches(exp.config, exp.eval_split)))
+  first = next(iter(exp.eval_batches()))
   images = jax.device_get(exp.task.sample_images(state, exp.config, first))
   if jax.process_index() == 0:
     writers.write_pngs(os.path.join(exp.workdir, 'samples'), step, images)
@@ -275,7 +263,8 @@ def write_samples(exp: Experiment, state, step: int, writer) -> None:
 
 
 def _run_info(exp: Experiment) -> dict:
-  return {'config': exp.config.to_dict(), 'git_commit': _git_commit(), 'versions': _versions(),
+  return {'config': exp.config.to_dict(), 'workdir': exp.workdir, 'git_commit': _git_commit(),
+          'versions': _versions(),
           'devices': {'count': jax.device_count(), 'processes': jax.process_count(),
                       'platform': jax.devices()[0].platform, 'kind': jax.devices()[0].device_kind,
                       'mesh': dict(exp.mesh.shape)},
@@ -284,121 +273,163 @@ def _run_info(exp: Experiment) -> dict:
           'init_from': exp.transfer}
 
 
-class _SigtermFlag:
-  """Turns SIGTERM into a flag the loop checks between steps."""
+def _is_eval_step(config, step: int) -> bool:
+  return step % config.train.eval_every == 0 or step == config.train.steps
 
-  def __init__(self):
-    self.raised = False
-    self._previous = None
 
-  def __enter__(self):
+def _eval_missing(exp: Experiment, step: int) -> bool:
+  """Whether the eval of `step` (an eval step) is not in metrics.jsonl: the run that saved the
+  step was stopped during that eval. Process 0 reads the file; every process gets its answer."""
+  missing = np.asarray(jax.process_index() == 0 and not writers.has_eval(exp.workdir, step))
+  if jax.process_count() > 1:
+    missing = multihost_utils.broadcast_one_to_all(missing)
+  return bool(missing)
+
+
+class _Loop:
+  """The state of one `train_and_evaluate` call: what it writes, and its stop request."""
+
+  def __init__(self, exp: Experiment, ckpt: checkpoint.Checkpointer, stop, data_iter, writer, bar):
+    self.exp, self.ckpt, self.stop, self.data_iter = exp, ckpt, stop, data_iter
+    self.writer, self.bar = writer, bar
+
+  def evaluate(self, state, step: int) -> dict | None:
+    """Evaluates, logs and writes the grids of `step`; None if a stop signal cut the eval short."""
+    exp = self.exp
     try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread: no preemption handling
-      self._previous = None
-    return self
+      final = run_eval(exp, state, final=step == exp.config.train.steps,
+                       interrupted=lambda: self.stop.local)
+    except _EvalInterrupted:
+      return None
+    self.writer.write(step, final)
+    if not self.stop.local:
+      write_samples(exp, state, step, self.writer)
+    self.bar.write(f'step {step}: ' + ', '.join(f'{k}={v:.4f}' for k, v in final.items()))
+    return final
 
-  def _handle(self, signum, frame):
-    del signum, frame
-    self.raised = True
+  def run(self, state, start: int) -> tuple[object, dict]:
+    """Trains from step `start` + 1 to train.steps; returns (state, final eval metrics)."""
+    exp, cfg, stop = self.exp, self.exp.config.train, self.stop
+    if stop.local:  # a signal during setup: nothing trained since the restored step
+      raise stop.error(start, exp.workdir, saved=bool(start))
+    final = {}
+    if start and _is_eval_step(exp.config, start) and _eval_missing(exp, start):
+      final = self.evaluate(exp.unplace(state), start)  # the stopped run's eval of this step
+      if final is None:
+        raise stop.error(start, exp.workdir)
+    state = exp.place(state)
+    history, t_last, step_last = [], None, start
+    for step in range(start + 1, cfg.steps + 1):
+      state, metrics = exp.train_step(state, exp.train_batch(next(self.data_iter)))
+      history.append(metrics)
+      if t_last is None:  # first step: compilation
+        jax.block_until_ready(metrics)
+        t_last, step_last = time.perf_counter(), step
+      self.bar.update(1)
+      if step % cfg.log_every == 0 or step == cfg.steps:
+        check_finite(history, step - len(history) + 1)
+        scalars = {f'train/{k}': float(v) for k, v in
+                   jax.tree.map(lambda *x: np.mean(x), *jax.device_get(history)).items()}
+        now = time.perf_counter()
+        if step > step_last:
+          scalars['perf/images_per_sec'] = (step - step_last) * exp.config.data.batch_size / (now - t_last)
+        t_last, step_last, history = now, step, []
+        self.writer.write(step, scalars)
+        self.bar.set_postfix(loss=f'{scalars["train/loss"]:.4f}',
+                             ips=f'{scalars.get("perf/images_per_sec", 0):.0f}')
+      stopping = stop.at_step(step)  # every process, every step: the same answer everywhere
+      saved, current = False, None
+      if step % cfg.ckpt_every == 0 or step == cfg.steps or stopping:
+        current = exp.unplace(state)
+        self.save(step, current, history)  # before the eval: a failing eval loses no training
+        saved = True
+      if _is_eval_step(exp.config, step) and not stopping:
+        current = exp.unplace(state) if current is None else current
+        final = self.evaluate(current, step) or {}
+        t_last = time.perf_counter()  # eval time is not training throughput
+      if stop.local and not saved:  # the signal came during this step's eval or grids
+        self.save(step, exp.unplace(state) if current is None else current, history)
+        saved = True
+      if stop.local or stopping:
+        self.ckpt.wait()
+        raise stop.error(step, exp.workdir)
+    self.ckpt.wait()
+    return exp.unplace(state), final
 
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+  def save(self, step: int, state, history) -> None:
+    check_finite(history, step - len(history) + 1)  # never checkpoint a diverged state
+    self.ckpt.save(step, state, self.data_iter)
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains (resuming from the workdir's latest checkpoint) and returns the final eval metrics."""
-  exp = setup(config, workdir)
-  is_main = jax.process_index() == 0
-  cfg = exp.config.train
-  data_iter = iter(pipeline.train_dataset(exp.config, exp.train_split))
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), cfg.keep_ckpts)
-  start, state = ckpt.restore(exp.state, data_iter)
-  start, state = start or 0, exp.place(state)
-  run_json = os.path.join(workdir, 'run.json')
-  if is_main:
-    os.makedirs(workdir, exist_ok=True)
-    writers.truncate_metrics(workdir, start)
-    writers.write_json(run_json, {**_run_info(exp), 'resumed_from_step': start})
-  writer = writers.MetricWriter(workdir, enabled=is_main)
-  if start and is_main:
-    print(f'resuming {workdir} from step {start}', file=sys.stderr)
+  """Trains, resuming from the workdir's latest checkpoint, and evaluates.
 
-  batch_images = exp.config.data.batch_size
-  history, metrics, final = [], {}, {}
-  bar = tqdm.tqdm(total=cfg.steps, initial=start, disable=not (cfg.progress and is_main),
-                  dynamic_ncols=True, mininterval=1.0, desc='train')
-  t_last, step_last = None, start
-  try:
-    with _SigtermFlag() as sigterm:
-      for step in range(start + 1, cfg.steps + 1):
-        state, metrics = exp.train_step(state, exp.train_batch(next(data_iter)))
-        history.append(metrics)
-        if t_last is None:  # first step: compilation
-          jax.block_until_ready(metrics)
-          t_last, step_last = time.perf_counter(), step
-        bar.update(1)
-        if step % cfg.log_every == 0 or step == cfg.steps:
-          check_finite(history, step - len(history) + 1)
-          scalars = {f'train/{k}': float(v) for k, v in
-                     jax.tree.map(lambda *x: np.mean(x), *jax.device_get(history)).items()}
-          now = time.perf_counter()
-          if step > step_last:
-            scalars['perf/images_per_sec'] = (step - step_last) * batch_images / (now - t_last)
-          t_last, step_last, history = now, step, []
-          writer.write(step, scalars)
-          bar.set_postfix(loss=f'{scalars["train/loss"]:.4f}',
-                          ips=f'{scalars.get("perf/images_per_sec", 0):.0f}')
-        saving = step % cfg.ckpt_every == 0 or step == cfg.steps or sigterm.raised
-        evaluating = step % cfg.eval_every == 0 or step == cfg.steps
-        current = exp.unplace(state) if saving or evaluating else None  # once per step (pmap: a copy)
-        if saving:
-          check_finite(history, step - len(history) + 1)  # never checkpoint a diverged state
-          ckpt.save(step, current, data_iter)  # before the eval: a failing eval loses no training
-        if evaluating:
-          final = run_eval(exp, current, final=step == cfg.steps)
-          writer.write(step, final)
-          write_samples(exp, current, step, writer)
-          bar.write(f'step {step}: ' + ', '.join(f'{k}={v:.4f}' for k, v in final.items()))
-          t_last = time.perf_counter()  # eval time is not training throughput
-        if sigterm.raised and step < cfg.steps:
-          ckpt.wait()
-          raise Preempted(f'SIGTERM at step {step}: checkpoint saved in {workdir}; '
-                          f'run the same command again to resume')
-    ckpt.wait()
-  finally:
-    bar.close()
-    writer.close()
-    ckpt.close()
+  Args:
+    config: the experiment config.
+    workdir: the resolved run directory (see `workdir.resolve`).
 
-  state = exp.unplace(state)
-  if start >= cfg.steps:  # nothing left to train: report the restored state
-    final = run_eval(exp, state, final=True)
-  sha = params_sha256(state.params)
-  if is_main:
-    writers.write_json(run_json, {**writers.read_json(run_json),
-                                  'final_step': int(jax.device_get(state.step)),
-                                  'final_params_sha256': sha,
-                                  'final_metrics': final})
-  return final
+  Returns:
+    The final eval metrics.
+
+  Raises:
+    errors.Preempted: a stop signal arrived; the step it arrived in is saved.
+    errors.BadInput, errors.Diverged, errors.SaveError: see `jaxvision.errors`.
+  """
+  with preemption.StopRequest() as stop:
+    exp = setup(config, workdir)
+    is_main = jax.process_index() == 0
+    cfg = exp.config.train
+    data_iter = iter(pipeline.train_dataset(exp.config, exp.train_split))
+    if jax.process_count() > 1:  # no process writes before every process has checked the workdir
+      multihost_utils.sync_global_devices('jaxvision: setup checks passed')
+    workdir_lib.create(workdir)  # every check passed: from here on the workdir is written
+    ckpt = checkpoint.Checkpointer(exp.checkpoints, cfg.keep_ckpts)
+    writer = bar = None
+    try:
+      start, state = ckpt.restore(exp.state, data_iter, move_unreadable=True)
+      start = start or 0
+      run_json = os.path.join(workdir, 'run.json')
+      if is_main:
+        writers.truncate_metrics(workdir, start)
+        writers.write_json(run_json, {**_run_info(exp), 'resumed_from_step': start})
+        if start:
+          print(f'resuming {workdir} from step {start}', file=sys.stderr)
+      writer = writers.MetricWriter(workdir, enabled=is_main)
+      bar = tqdm.tqdm(total=cfg.steps, initial=start, disable=not (cfg.progress and is_main),
+                      dynamic_ncols=True, mininterval=1.0, desc='train')
+      state, final = _Loop(exp, ckpt, stop, data_iter, writer, bar).run(state, start)
+    finally:
+      for closable in (bar, writer, ckpt):
+        if closable is not None:
+          closable.close()
+    if start >= cfg.steps and not final:  # nothing left to train: report the restored state
+      final = run_eval(exp, state, final=True)
+    sha = params_sha256(state.params)
+    if is_main:
+      writers.write_json(run_json, {**writers.read_json(run_json),
+                                    'final_step': int(jax.device_get(state.step)),
+                                    'final_params_sha256': sha,
+                                    'final_metrics': final})
+    if stop.local:  # the signal came after the last save: that checkpoint is the run's end
+      raise stop.error(cfg.steps, workdir)
+    return final
 
 
 def restore_latest(exp: Experiment):
-  """(step, state) of the workdir's latest readable checkpoint; WorkdirError if there is none."""
-  ckpt = checkpoint.Checkpointer(os.path.join(exp.workdir, 'checkpoints'), exp.config.train.keep_ckpts)
+  """(step, state) of the workdir's latest readable checkpoint, without changing the workdir."""
+  ckpt = checkpoint.Checkpointer(exp.checkpoints, exp.config.train.keep_ckpts, read_only=True)
   try:
     step, state = ckpt.restore(exp.state)
   finally:
     ckpt.close()
   if step is None:
-    raise WorkdirError(f'no checkpoint in {exp.workdir}/checkpoints; train first with --mode train')
+    raise WorkdirError(f'no checkpoint in {exp.checkpoints}; train first (same command with --mode train)')
   return step, state
 
 
 def evaluate(config, workdir: str) -> dict:
-  """Evaluates the latest checkpoint of `workdir`; prints and records the metrics."""
-  exp = setup(config, workdir)
+  """`--mode eval`: evaluates the latest checkpoint of `workdir`; records and returns the metrics."""
+  exp = setup(config, workdir, restoring=True)
   step, state = restore_latest(exp)
   metrics = run_eval(exp, state, final=True)
   if jax.process_index() == 0:
@@ -414,11 +445,10 @@ def sample(config, workdir: str) -> dict:
   self-conditioned GAN's cluster ids as `clusters`)."""
   task = tasks.get(config.task)
   if not hasattr(task, 'sample'):
-    raise config_lib.ConfigError(f'task {config.task!r} does not generate images; --mode sample is '
-                                 f'for the generative tasks ({", ".join(k for k, t in tasks.TASKS.items() if hasattr(t, "sample"))})')
-  if config.sample.n <= 0:
-    raise config_lib.ConfigError(f'sample.n={config.sample.n} must be > 0')
-  exp = setup(config, workdir)
+    generators = ', '.join(k for k, t in tasks.TASKS.items() if hasattr(t, 'sample'))
+    raise ConfigError(f'task {config.task!r} does not generate images; --mode sample is for the '
+                      f'generative tasks ({generators})')
+  exp = setup(config, workdir, restoring=True)
   step, state = restore_latest(exp)
   n, chunk = int(config.sample.n), 500
   num_classes = getattr(state.model, 'num_classes', 0) if getattr(state.model, 'conditional', True) else 0
@@ -433,6 +463,8 @@ def sample(config, workdir: str) -> dict:
   images = grids.to_uint8(images)
   out = os.path.join(workdir, 'samples', f'step_{step}')
   if jax.process_index() == 0:
+    for moved in workdir_lib.set_aside(out, out + '.npz'):
+      print(f'moved the earlier samples to {moved}', file=sys.stderr)
     os.makedirs(out, exist_ok=True)
     from PIL import Image  # pylint: disable=g-import-not-at-top
     for i, image in enumerate(images):
@@ -442,4 +474,3 @@ def sample(config, workdir: str) -> dict:
     tag = 'clusters' if config.data.clusters else 'labels'
     np.savez(out + '.npz', images=images, **({} if labels is None else {tag: labels}))
   return {'step': step, 'samples': n, 'written': out}
-

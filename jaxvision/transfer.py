@@ -17,6 +17,10 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
+
+from jaxvision import checkpoint
+from jaxvision.errors import ConfigError
 
 
 def path_str(path) -> str:
@@ -24,7 +28,6 @@ def path_str(path) -> str:
 
 
 def compile_patterns(patterns, key: str) -> list:
-  from jaxvision.config import ConfigError  # pylint: disable=g-import-not-at-top
   out = []
   for p in patterns:
     try:
@@ -45,7 +48,6 @@ def frozen_mask(params, patterns):
 
 def check_freeze(config, abstract_params) -> None:
   """config.freeze must be valid regexes that match at least one parameter; one-line ConfigError."""
-  from jaxvision.config import ConfigError  # pylint: disable=g-import-not-at-top
   patterns = compile_patterns(config.freeze, 'freeze')
   if patterns and not any(jax.tree.leaves(frozen_mask(abstract_params, patterns))):
     paths = [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(abstract_params)[0]]
@@ -53,25 +55,29 @@ def check_freeze(config, abstract_params) -> None:
 
 
 def _state_dir(path: str) -> str:
-  from jaxvision.config import ConfigError  # pylint: disable=g-import-not-at-top
-  if os.path.isdir(os.path.join(path, 'checkpoints')):  # a workdir: its latest complete step
-    ckpts = os.path.join(path, 'checkpoints')
-    steps = sorted((int(d) for d in os.listdir(ckpts) if d.isdigit() and
-                    os.path.exists(os.path.join(ckpts, d, 'state', 'commit_success.txt'))), reverse=True)
-    if steps:
-      return os.path.join(ckpts, str(steps[0]), 'state')
-  elif os.path.isdir(os.path.join(path, 'state')):
+  """The `state` item of the checkpoint that `path` names: a workdir (its latest step), a
+  checkpoint step directory, or that step's `state` directory."""
+  path = os.path.abspath(os.path.expanduser(path))
+  steps = checkpoint.steps_in(os.path.join(path, 'checkpoints'))
+  if steps:  # a workdir: its latest complete step, as Orbax lists them
+    return os.path.join(path, 'checkpoints', str(steps[-1]), 'state')
+  if os.path.isdir(os.path.join(path, 'state')):
     return os.path.join(path, 'state')
-  elif os.path.exists(os.path.join(path, '_METADATA')):
+  if os.path.exists(os.path.join(path, '_METADATA')):
     return path
   raise ConfigError(f'init_from.path={path!r} holds no checkpoint; give a workdir of a finished run '
                     f'or a checkpoint step directory')
 
 
+def check_source(config) -> None:
+  """ConfigError (before any compute) if init_from.path or its regexes cannot be used."""
+  compile_patterns(config.init_from.include, 'init_from.include')
+  compile_patterns(config.init_from.exclude, 'init_from.exclude')
+  _state_dir(config.init_from.path)
+
+
 def load_pretrained(config, params, batch_stats):
   """(params, batch_stats, info) with the included leaves taken from config.init_from.path."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  from jaxvision.config import ConfigError  # pylint: disable=g-import-not-at-top
   include = compile_patterns(config.init_from.include, 'init_from.include')
   exclude = compile_patterns(config.init_from.exclude, 'init_from.exclude')
   state_dir = _state_dir(config.init_from.path)
@@ -107,7 +113,6 @@ def load_pretrained(config, params, batch_stats):
                       f'(include={tuple(config.init_from.include)}, exclude={tuple(config.init_from.exclude)})')
   if reinit:
     print(f'init_from: re-initialised (shape differs): {", ".join(reinit)}')
-  from jaxvision.train import params_sha256  # pylint: disable=g-import-not-at-top
   info = {'path': config.init_from.path, 'state_dir': state_dir, 'loaded': len(loaded),
-          'reinitialised': reinit, 'source_params_sha256': params_sha256(source.get('params'))}
+          'reinitialised': reinit, 'source_params_sha256': checkpoint.params_sha256(source.get('params'))}
   return params, batch_stats, info

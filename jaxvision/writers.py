@@ -11,6 +11,8 @@ import numpy as np
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
+from jaxvision.errors import WorkdirError
+
 
 class MetricWriter:
   """Scalars to WORKDIR/metrics.jsonl (one JSON object per event) and TensorBoard.
@@ -57,18 +59,46 @@ class MetricWriter:
       self._tb.close()
 
 
+def _events(path: str) -> list[tuple[dict | None, str]]:
+  """(event, line) of every line of a metrics.jsonl; event None for a line that is not a whole
+  JSON object (the last line of a run killed while writing it)."""
+  out = []
+  with open(path, encoding='utf-8') as f:
+    for line in f:
+      if not line.strip():
+        continue
+      try:
+        event = json.loads(line)
+      except ValueError:
+        event = None
+      out.append((event if isinstance(event, dict) and 'step' in event else None, line))
+  return out
+
+
 def truncate_metrics(workdir: str, after_step: int) -> None:
   """Drops metrics.jsonl events past `after_step` (written by an interrupted run
-  after its last checkpoint), so a resumed run's file reads as one run."""
+  after its last checkpoint), so a resumed run's file reads as one run. A line cut short by a
+  killed run is dropped too; every other line is kept as it was."""
   path = os.path.join(workdir, 'metrics.jsonl')
   if not os.path.exists(path):
     return
-  with open(path, encoding='utf-8') as f:
-    lines = [l for l in f if l.strip() and json.loads(l)['step'] <= after_step]
+  events = _events(path)
+  lines = [line if line.endswith('\n') else line + '\n' for event, line in events
+           if event is not None and event['step'] <= after_step]
+  if len(lines) == len(events) and all(l == line for l, (_, line) in zip(lines, events)):
+    return  # nothing to drop: the file is left untouched
   tmp = path + '.tmp'
   with open(tmp, 'w', encoding='utf-8') as f:
     f.writelines(lines)
   os.replace(tmp, path)
+
+
+def has_eval(workdir: str, step: int) -> bool:
+  """Whether metrics.jsonl holds eval metrics of `step`."""
+  path = os.path.join(workdir, 'metrics.jsonl')
+  return os.path.exists(path) and any(
+      event is not None and event['step'] == step and any(k.startswith('eval/') for k in event)
+      for event, _ in _events(path))
 
 
 def _check_grid(name: str, grid) -> np.ndarray:
@@ -97,10 +127,14 @@ def write_pngs(directory: str, step: int, images: dict) -> None:
 
 
 def read_json(path: str) -> dict | None:
+  """The JSON object in `path`, or None if there is no such file."""
   if not os.path.exists(path):
     return None
   with open(path, encoding='utf-8') as f:
-    return json.load(f)
+    try:
+      return json.load(f)
+    except ValueError as e:
+      raise WorkdirError(f'{path} is not valid JSON ({e}); move it away or use another --workdir') from e
 
 
 def write_json(path: str, obj: dict) -> None:

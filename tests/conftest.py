@@ -6,9 +6,13 @@ programs many times over (a reference run, its interrupted twin, the resumed run
 cache hit is the same executable, so no result changes. Users' runs do not use it."""
 import atexit
 import contextlib
+import hashlib
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
+import time
 
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=8').strip()
@@ -104,3 +108,66 @@ def sigterm_at_step(monkeypatch, step: int):
 
   monkeypatch.setattr(writers.MetricWriter, 'write', write_then_sigterm)
   return lambda: monkeypatch.setattr(writers.MetricWriter, 'write', write)
+
+
+@pytest.fixture(scope='session')
+def clone_root(tmp_path_factory):
+  """A directory laid out like a fresh clone's root (run.py and configs/), for commands run as a
+  user runs them: `python run.py ...` from this directory, relative paths, default workdirs
+  (runs/<config>_<preset> here, not in the developer's own checkout). jaxvision itself is the
+  installed package, as in a clone after its set-up commands."""
+  root = tmp_path_factory.mktemp('clone')
+  shutil.copy(os.path.join(ROOT, 'run.py'), root)
+  shutil.copytree(os.path.join(ROOT, 'configs'), root / 'configs')
+  return root
+
+
+def run_py(*args, cwd, tfds_dir: str, timeout: float = 300, env: dict | None = None):
+  """`python run.py *args` in `cwd` as a user types it; returns (CompletedProcess, seconds). The
+  TFDS data dir comes from the environment (TFDS_DATA_DIR: mnist10k prepares itself there), not
+  from a --config override, so the command is the one a user would type."""
+  start = time.perf_counter()
+  proc = subprocess.run([sys.executable, 'run.py', *args], cwd=cwd, capture_output=True, text=True,
+                        timeout=timeout, env={**os.environ, 'TFDS_DATA_DIR': tfds_dir, **(env or {})})
+  return proc, time.perf_counter() - start
+
+
+def tree_snapshot(path) -> dict:
+  """{relative path: (size, mtime_ns, sha256)} of every file under `path` ({} if absent), and
+  every directory's mtime: equal snapshots mean nothing was written, removed or touched."""
+  out = {}
+  for root, dirs, files in os.walk(path):
+    rel = os.path.relpath(root, path)
+    out[rel + '/'] = os.stat(root).st_mtime_ns
+    for name in files:
+      full = os.path.join(root, name)
+      with open(full, 'rb') as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+      st = os.stat(full)
+      out[os.path.join(rel, name)] = (st.st_size, st.st_mtime_ns, digest)
+  return out
+
+
+def _free_port() -> int:
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def two_processes(program: list[str], args: list[str], env: dict | None = None, timeout: float = 240):
+  """Runs `program + args + multi-host flags` as 2 processes x 4 CPU devices on 127.0.0.1 (a
+  jax.distributed job) from the repo root; returns [(exit code, stderr)] of process 0 and 1.
+  Both are killed on the way out, whatever happened."""
+  port = _free_port()
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=4', **(env or {})}
+  procs = [subprocess.Popen([sys.executable, *program, *args, f'--coordinator_address=127.0.0.1:{port}',
+                             '--num_processes=2', f'--process_id={i}'], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  try:
+    outs = [p.communicate(timeout=timeout) for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+      p.wait()
+  return [(p.returncode, err) for p, (_, err) in zip(procs, outs)]

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from conftest import ROOT, sigterm_at_step
-from jaxvision import parallel, train, writers
+from conftest import ROOT, sigterm_at_step, two_processes
+from jaxvision import errors, parallel, train, writers
 
 # The smoke runs of three tasks, compared across meshes. Their results differ only by the order
 # of floating-point reductions (gradient sums, BatchNorm statistics), amplified a little by Adam.
@@ -79,7 +79,7 @@ def test_pmap_sigterm_then_resume_is_bitwise_the_uninterrupted_pmap_run(make_con
   whole, resumed = str(tmp_path / 'whole'), str(tmp_path / 'resumed')
   train.train_and_evaluate(config, whole)
   undo = sigterm_at_step(monkeypatch, 4)
-  with pytest.raises(train.Preempted, match='SIGTERM at step 4'):
+  with pytest.raises(errors.Preempted, match='SIGTERM at step 4'):
     train.train_and_evaluate(config, resumed)
   undo()
   train.train_and_evaluate(config, resumed)
@@ -138,35 +138,17 @@ def test_fsdp_per_device_memory_falls_as_one_over_n():
     assert fsdp[1] / n <= fsdp[n] <= 1.25 * fsdp[1] / n, (n, fsdp)
 
 
-def _free_port() -> int:
-  import socket  # pylint: disable=g-import-not-at-top
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
+@pytest.mark.xdist_group('multiprocess')  # never two jax.distributed jobs at once
 @pytest.mark.parametrize('path', ['jit', 'pmap'])
 def test_two_processes_train_like_one_process_with_all_the_devices(make_config, reference_run, tmp_path,
                                                                    tfds_dir, path):
   """jax.distributed on 127.0.0.1: 2 processes x 4 devices (jit or pmap) vs 1 process x 8 devices (jit)."""
   from jaxvision.data import pipeline  # pylint: disable=g-import-not-at-top
   pipeline.load_split(make_config('cnn').data, 'train')  # prepared before two processes race for it
-  workdir, port = str(tmp_path / 'two_processes'), _free_port()
-  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=4'}
-  procs = [subprocess.Popen([sys.executable, 'run.py', '--config', 'configs/cnn.py:smoke', '--workdir',
-                             workdir, f'--config.data.tfds_dir={tfds_dir}',
-                             f'--config.parallel={path}',
-                             f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
-                             f'--process_id={i}'], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True) for i in range(2)]
-  try:
-    outs = [p.communicate(timeout=240) for p in procs]
-  finally:
-    for p in procs:  # always stopped, whatever happened
-      p.kill()
-      p.wait()
-  for p, (_, err) in zip(procs, outs):
-    assert p.returncode == 0, err[-3000:]
+  workdir = str(tmp_path / 'two_processes')
+  for code, err in two_processes(['run.py'], ['--config', 'configs/cnn.py:smoke', '--workdir', workdir,
+                                              f'--config.data.tfds_dir={tfds_dir}', f'--config.parallel={path}']):
+    assert code == 0, err[-3000:]
   info = writers.read_json(os.path.join(workdir, 'run.json'))
   assert info['devices']['count'] == 8 and info['devices']['processes'] == 2
   _, two = _final_params(make_config('cnn'), workdir)  # restored here on 1 process x 8 devices

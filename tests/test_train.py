@@ -11,7 +11,8 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
 from conftest import lowered_programs, sigterm_at_step
-from jaxvision import checkpoint, train, writers
+from jaxvision import checkpoint, errors, train, writers
+from jaxvision import workdir as workdir_lib
 
 
 def _read_jsonl(workdir):
@@ -127,7 +128,7 @@ def test_sigterm_then_resume_equals_the_uninterrupted_run(finished_run, tmp_path
   config, workdir, final = finished_run
   resumed = str(tmp_path / 'resumed')
   undo = sigterm_at_step(monkeypatch, 4)  # a real SIGTERM, delivered at step 4
-  with pytest.raises(train.Preempted, match='SIGTERM at step 4'):
+  with pytest.raises(errors.Preempted, match='SIGTERM at step 4'):
     train.train_and_evaluate(config, resumed)
   undo()
   assert checkpoint.Checkpointer(os.path.join(resumed, 'checkpoints'), 3).all_steps() == [3, 4]
@@ -177,7 +178,7 @@ def test_another_config_in_the_workdir_is_refused(finished_run):
   config, workdir, _ = finished_run
   other = config.copy_and_resolve_references()
   other.optim.lr = 0.5
-  with pytest.raises(train.WorkdirError, match=r'optim.lr: 0.003 -> 0.5.*allow_config_change'):
+  with pytest.raises(errors.WorkdirError, match=r'optim.lr: 0.003 -> 0.5.*allow_config_change'):
     train.train_and_evaluate(other, workdir)
 
 
@@ -191,11 +192,11 @@ def test_a_model_key_newer_than_the_workdir_matches_the_models_default(finished_
     json.dump(info, f)
   same = config.copy_and_resolve_references()
   same.model.features = (32, 64)  # the CNN's default, not the smoke preset's (8, 16)
-  train.check_workdir_config(same, str(tmp_path))
+  workdir_lib.check_config(same, str(tmp_path))
   other = config.copy_and_resolve_references()
   other.model.variant = 'plain'
-  with pytest.raises(train.WorkdirError, match=r"model.variant: 'bn_dropout' -> 'plain'"):
-    train.check_workdir_config(other, str(tmp_path))
+  with pytest.raises(errors.WorkdirError, match=r"model.variant: 'bn_dropout' -> 'plain'"):
+    workdir_lib.check_config(other, str(tmp_path))
 
 
 def test_resuming_on_other_data_is_refused_before_compute_and_the_workdir_kept(finished_run, tmp_path):
@@ -211,7 +212,7 @@ def test_resuming_on_other_data_is_refused_before_compute_and_the_workdir_kept(f
   mtimes = lambda: {os.path.join(r, n): os.path.getmtime(os.path.join(r, n))
                     for r, _, names in os.walk(copy) for n in names}
   before = mtimes()
-  with pytest.raises(train.WorkdirError, match=re.escape(
+  with pytest.raises(errors.WorkdirError, match=re.escape(
       f'was trained on other train data ({fingerprint}[clusters=30,ids=000000000000] -> {fingerprint}); '
       'use a new --workdir or pass --config.allow_config_change=True')) as e:
     train.train_and_evaluate(config, copy)
@@ -219,7 +220,7 @@ def test_resuming_on_other_data_is_refused_before_compute_and_the_workdir_kept(f
   assert mtimes() == before
   allowed = config.copy_and_resolve_references()
   allowed.allow_config_change = True
-  train.check_workdir_data(allowed, copy, {'train': fingerprint, 'eval': info['data']['eval']})
+  workdir_lib.check_data(allowed, copy, {'train': fingerprint, 'eval': info['data']['eval']})
 
 
 def test_a_classifier_run_exports_as_domain_features_even_from_an_older_run_json(finished_run, tmp_path):
@@ -250,7 +251,7 @@ def test_divergence_stops_with_one_line_and_keeps_the_good_checkpoints(make_conf
   good.close()
   # Resume with a learning rate that blows the params up: the first bad step is named.
   config = make_config('cnn', **{**base, 'train__steps': 8, 'optim__lr': 1e30, 'allow_config_change': True})
-  with pytest.raises(train.Diverged, match=r'^train/\w+=(nan|inf|-inf) at step [56]: training diverged') as e:
+  with pytest.raises(errors.Diverged, match=r'^train/\w+=(nan|inf|-inf) at step [56]: training diverged') as e:
     train.train_and_evaluate(config, workdir)
   assert '\n' not in str(e.value)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), 3)

@@ -31,6 +31,8 @@ import hashlib
 
 import numpy as np
 
+from jaxvision.errors import DataError
+
 _CELL = 4
 _ORIENTATIONS = 9
 _COMPONENTS = 50
@@ -175,7 +177,6 @@ def fit(images: np.ndarray, k: int) -> Fit:
 
 def _fit_of(train, k: int) -> Fit:
   """The fit of K clusters to the train split's images, computed once per process."""
-  from jaxvision.data.pipeline import DataError  # pylint: disable=g-import-not-at-top
   if not 2 <= k <= train.size // 2:
     raise DataError(f'data.clusters={k} must be between 2 and half the {train.size} train images; '
                     f'set --config.data.clusters=0 to use the labels')

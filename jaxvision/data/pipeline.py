@@ -19,14 +19,11 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxvision.data import clusters, mnist10k, sequences, subset, synthetic, text
+from jaxvision.errors import DataError
 
 OFFLINE = 'mnist10k'
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
-
-
-class DataError(ValueError):
-  """A dataset that cannot be read; the message is one line with the fix."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,11 +221,19 @@ def train_dataset(config, split: Split) -> grain.IterDataset:
                                               prefetch_buffer_size=8))
 
 
-def eval_batches(config, split: Split):
+def eval_batches(config, split: Split, batch_size: int | None = None):
   """This process's rows of every eval batch, in file order, the last padded.
 
-  Each batch carries `mask` (1 real, 0 padding) so that sums stay exact."""
-  global_batch = config.data.eval_batch_size
+  Args:
+    config: the experiment config (data.scale; data.eval_batch_size unless `batch_size`).
+    split: the eval split.
+    batch_size: the global eval batch; the loop rounds data.eval_batch_size up to a multiple of
+      the mesh's batch shards, so that no eval batch size stops a run from starting.
+
+  Yields:
+    Batches that carry `mask` (1 real, 0 padding) so that sums stay exact.
+  """
+  global_batch = batch_size or config.data.eval_batch_size
   local = _per_process(global_batch)
   p = jax.process_index()
   for start in range(0, split.size, global_batch):

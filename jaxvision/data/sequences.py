@@ -15,6 +15,8 @@ import hashlib
 
 import numpy as np
 
+from jaxvision.errors import DataError
+
 NAME = 'digit_sequences'
 BASE = 'mnist10k'
 _TABLE_SEED = 20261124
@@ -29,7 +31,6 @@ def index_table(split: str, seq_len: int, count: int, base_size: int) -> np.ndar
 
 def load_split(data_config, split: str, load_base):
   """The `Split` of sequences built on `load_base(base_data_config, split)` (mnist10k)."""
-  from jaxvision.data.pipeline import DataError  # pylint: disable=g-import-not-at-top
   seq_len = int(data_config.seq_len)
   count = int(data_config.seq_train_count if split == data_config.train_split else data_config.seq_test_count)
   if seq_len < 1 or count < 1:

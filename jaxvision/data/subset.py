@@ -10,10 +10,11 @@ import dataclasses
 
 import numpy as np
 
+from jaxvision.errors import DataError
+
 
 def select(split, data_config, is_train: bool):
   """The `Split` restricted to data.classes (and data.per_class on the train split)."""
-  from jaxvision.data.pipeline import DataError  # pylint: disable=g-import-not-at-top
   classes = tuple(int(c) for c in data_config.classes)
   per_class = int(data_config.per_class) if is_train else 0
   if not classes and not per_class:

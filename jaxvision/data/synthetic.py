@@ -13,11 +13,12 @@ import hashlib
 
 import numpy as np
 
+from jaxvision.errors import DataError
+
 MODES = ('add', 'only')
 
 
 def load(path: str, image_shape, num_classes: int) -> dict:
-  from jaxvision.data.pipeline import DataError  # pylint: disable=g-import-not-at-top
   try:
     with np.load(path) as f:
       arrays = {k: np.asarray(f[k]) for k in f.files}
@@ -38,7 +39,6 @@ def load(path: str, image_shape, num_classes: int) -> dict:
 
 def mix(split, synthetic_config):
   """The train `Split` with the generated examples added (or instead)."""
-  from jaxvision.data.pipeline import DataError  # pylint: disable=g-import-not-at-top
   if synthetic_config.mode not in MODES:
     raise DataError(f'data.synthetic.mode={synthetic_config.mode!r}; use one of {", ".join(MODES)}')
   fake = load(synthetic_config.path, split.image_shape, split.num_classes)

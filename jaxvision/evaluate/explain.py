@@ -14,6 +14,7 @@ f(x) - f(baseline) — holds up to the quadrature error, which the summary repor
 """
 import json
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -74,13 +75,11 @@ def _figure(image: np.ndarray, sal: np.ndarray, ig: np.ndarray, title: str, zoom
 def explain(config, workdir: str) -> dict:
   """The `--mode explain` entry point (see the module docstring)."""
   from jaxvision import config as config_lib, train  # pylint: disable=g-import-not-at-top
+  from jaxvision import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   from jaxvision.data import pipeline  # pylint: disable=g-import-not-at-top
   if config.task != 'classification':
     raise config_lib.ConfigError(f'--mode explain explains classifiers; task {config.task!r} is not one')
-  if config.explain.n <= 0 or config.explain.steps <= 0:
-    raise config_lib.ConfigError(f'explain.n={config.explain.n} and explain.steps={config.explain.steps} '
-                                 f'must be > 0')
-  exp = train.setup(config, workdir)
+  exp = train.setup(config, workdir, restoring=True)
   if exp.eval_split.input_key != 'image' or len(exp.eval_split.image_shape) != 3:
     raise config_lib.ConfigError(f'--mode explain needs single images; {config.data.name} gives '
                                  f'{exp.eval_split.input_key} of shape {exp.eval_split.image_shape}')
@@ -101,6 +100,8 @@ def explain(config, workdir: str) -> dict:
   out = os.path.join(workdir, 'explain')
   rows = []
   if jax.process_index() == 0:
+    for moved in workdir_lib.set_aside(out):
+      print(f'moved the earlier explanations to {moved}', file=sys.stderr)
     os.makedirs(out, exist_ok=True)
   for i in range(n):
     t, p = int(labels[i]), int(pred[i])

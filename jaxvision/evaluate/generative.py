@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxvision.errors import ConfigError
+
 from jaxvision.models import cnn, inception
 
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'assets')
@@ -111,7 +113,6 @@ class InceptionFeatures(_BatchedFeatures):
   'batch_stats/.../bn/mean'), checked against the model before any compute."""
 
   def __init__(self, path: str, batch: int = 50, resize: int = 299):
-    from jaxvision.config import ConfigError  # pylint: disable=g-import-not-at-top
     if not os.path.isfile(path):
       raise ConfigError(f'eval.inception_weights={path!r} is not a file; give an .npz of Inception-v3 '
                         f'variables or leave eval.inception_weights empty')
@@ -156,7 +157,6 @@ class GenerativeMetrics:
   """FD/KID of a task's `sample(state, rng, n)` against the eval split, with the real floor."""
 
   def __init__(self, config, task, train_split, eval_split, features: DomainFeatures | None = None):
-    from jaxvision.config import ConfigError  # pylint: disable=g-import-not-at-top
     self.inception = (InceptionFeatures(config.eval.inception_weights)
                       if config.eval.inception_weights else None)
     digits = tuple(train_split.image_shape) == (28, 28, 1)
@@ -183,11 +183,16 @@ class GenerativeMetrics:
       self.floor['eval/fid_floor'] = frechet_distance(self.inception(real_train), self.real['inception'])
     self._sample = jax.jit(task.sample, static_argnums=2)
 
-  def __call__(self, state) -> dict:
+  def __call__(self, state, interrupted=lambda: False) -> dict | None:
+    """The metrics of `state`'s generator; None if `interrupted()` turned true (asked between
+    chunks of samples: a stop signal)."""
     key = jax.random.fold_in(jax.random.PRNGKey(self.seed), 0xFD)
     chunk = 500
-    images = [np.asarray(self._sample(state, jax.random.fold_in(key, i), chunk))
-              for i in range(-(-self.n // chunk))]
+    images = []
+    for i in range(-(-self.n // chunk)):
+      if interrupted():
+        return None
+      images.append(np.asarray(self._sample(state, jax.random.fold_in(key, i), chunk)))
     images = np.concatenate(images)[:self.n]
     out = dict(self.floor)
     if self.features is not None:
@@ -201,17 +206,13 @@ class GenerativeMetrics:
 
 def export_domain_features(workdir: str, path: str = DOMAIN_WEIGHTS) -> dict:
   """Writes the latest checkpoint of a `configs/cnn.py:domain` run as the feature network."""
-  from jaxvision import checkpoint, train, writers  # pylint: disable=g-import-not-at-top
+  from jaxvision import train, writers  # pylint: disable=g-import-not-at-top
   from jaxvision import config as config_lib  # pylint: disable=g-import-not-at-top
   info = writers.read_json(os.path.join(workdir, 'run.json'))
   config = config_lib.base()  # keys added to jaxvision since the run keep their defaults
   config.update(info['config'])
-  exp = train.setup(config, workdir)
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), config.train.keep_ckpts)
-  try:
-    step, state = ckpt.restore(exp.state)
-  finally:
-    ckpt.close()
+  exp = train.setup(config, workdir, restoring=True)
+  step, state = train.restore_latest(exp)
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
   os.makedirs(os.path.dirname(path), exist_ok=True)
   np.savez(path, **flatten_variables(variables))

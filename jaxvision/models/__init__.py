@@ -9,6 +9,8 @@ import flax.linen as nn
 import jax
 import jax.extend.random
 
+from jaxvision.errors import ConfigError
+
 from jaxvision.models import attention, cnn, cnn_rnn, gan, lstm, resnet, vae, vit
 
 MODELS: dict[str, type[nn.Module]] = {
@@ -36,14 +38,39 @@ def defaults(name: str) -> dict:
   return {f.name: f.default for f in _fields(cls) if f.default is not dataclasses.MISSING} if cls else {}
 
 
+# Fields whose every value is a rate in [0, 1); fields that may be 0 (off); every other number
+# of a model (widths, depths, sizes) must be >= 1.
+_RATES = ('dropout', 'd_dropout', 'bn_momentum')
+_MAY_BE_ZERO = ('num_classes', 'info_codes', 'hidden', 'vocab_size')
+CONV_IMPLS = ('xla', 'im2col')
+
+
 def check_kwargs(model_config) -> None:
-  from jaxvision.config import ConfigError
+  """ConfigError (one line) for a key that is not a field of the model, or a value it cannot take."""
   cls = MODELS[model_config.name]
   allowed = [f.name for f in _fields(cls)]
   for key in model_config:
-    if key != 'name' and key not in allowed:
+    if key == 'name':
+      continue
+    if key not in allowed:
       raise ConfigError(f'model.{key} is not a field of model {model_config.name!r}; '
                         f'its fields are: {", ".join(allowed)}')
+    value = model_config[key]
+    values = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if key in _RATES:
+      bad = [v for v in numbers if not 0 <= v < 1]
+      rule = 'in [0, 1)'
+    elif key in _MAY_BE_ZERO:
+      bad = [v for v in numbers if v < 0]
+      rule = '>= 0'
+    else:
+      bad = [v for v in numbers if v < 1]
+      rule = '>= 1'
+    if bad:
+      raise ConfigError(f'model.{key}={value!r} must be {rule}' + (' (each)' if len(values) > 1 else ''))
+    if key == 'conv_impl' and value not in CONV_IMPLS:
+      raise ConfigError(f'model.conv_impl={value!r} is not allowed; use one of: {", ".join(CONV_IMPLS)}')
 
 
 def get(model_config) -> nn.Module:

@@ -34,6 +34,7 @@ from flax import struct
 
 from jaxvision import models, optim, parallel
 from jaxvision.evaluate import grids
+from jaxvision.errors import ConfigError
 
 LOSSES = ('bce', 'hinge')
 _SAMPLE_SALT = 0x5A3
@@ -72,7 +73,6 @@ class GANState:
 
 def validate(config) -> None:
   """Task-specific config checks (called by `config.validate`); one-line ConfigError."""
-  from jaxvision.config import ConfigError  # pylint: disable=g-import-not-at-top
   gans = sorted(k for k, v in models.MODELS.items() if hasattr(v, 'generate') and hasattr(v, 'discriminate'))
   if config.model.name not in gans:
     raise ConfigError(f'model.name={config.model.name!r} is not a GAN; use one of: {", ".join(gans)}')
@@ -95,16 +95,6 @@ def validate(config) -> None:
   if config.gan.d_steps < 1 or not 0.0 <= config.gan.ema_decay < 1.0:
     raise ConfigError(f'gan.d_steps={config.gan.d_steps} must be >= 1 and '
                       f'gan.ema_decay={config.gan.ema_decay} in [0, 1)')
-
-
-def validate_data(config, train_split) -> None:
-  """A conditional GAN needs one label embedding per class (or cluster) of its data."""
-  from jaxvision.config import ConfigError  # pylint: disable=g-import-not-at-top
-  classes = config.model.get('num_classes', 0)
-  if classes and classes != train_split.num_classes:
-    raise ConfigError(f'model.num_classes={classes} but {train_split.name} has {train_split.num_classes} '
-                      f'classes (data.clusters={config.data.clusters}); set --config.model.num_classes='
-                      f'{train_split.num_classes}, or 0 for an unconditional GAN')
 
 
 def _txs(config):

@@ -43,6 +43,7 @@ from flax import struct
 
 from jaxvision import models, optim, parallel
 from jaxvision.evaluate import grids
+from jaxvision.errors import ConfigError
 
 # Salts folded into PRNGKey(config.seed) for keys that must not depend on training.
 _EVAL_SALT = 0x0E7A1
@@ -77,7 +78,6 @@ LIKELIHOODS = ('bernoulli', 'logistic')
 
 def validate(config) -> None:
   """Task-specific config checks (called by `config.validate`); one-line ConfigError."""
-  from jaxvision.config import ConfigError  # pylint: disable=g-import-not-at-top
   if config.loss.likelihood not in LIKELIHOODS:
     raise ConfigError(f'loss.likelihood={config.loss.likelihood!r} is not allowed; use one of: '
                       f'{", ".join(LIKELIHOODS)}')
