@@ -24,6 +24,7 @@ Knobs besides the conv impl:
     allocates ~100 MB of temporaries per step with fresh mmaps; backing them
     with transparent huge pages removes most page faults.
 """
+
 import argparse
 import os
 import sys
@@ -67,9 +68,11 @@ class SeedCNN(nn.Module):
     def conv(x, f, name):
       k = self.param(f'{name}_kernel', nn.initializers.lecun_normal(), (3, 3, x.shape[1], f))
       b = self.param(f'{name}_bias', nn.initializers.zeros, (f,))
-      y = jax.lax.conv_general_dilated(x, k, (1, 1), 'VALID',
-                                       dimension_numbers=('NCHW', 'HWIO', 'NCHW'))
+      y = jax.lax.conv_general_dilated(
+        x, k, (1, 1), 'VALID', dimension_numbers=('NCHW', 'HWIO', 'NCHW')
+      )
       return y + b[:, None, None]
+
     x = nn.relu(conv(x.transpose(0, 3, 1, 2), 32, 'c0'))
     x = conv(x, 64, 'c1')
     x = nn.relu(nn.BatchNorm(use_running_average=not train, axis=1)(x))
@@ -81,13 +84,13 @@ class SeedCNN(nn.Module):
 
 def variants(chunks):
   v = {
-      'xla': (SeedCNN('xla'), None),
-      'xla_pool2': (SeedCNN('xla', pool2=True), None),
-      'xla_pool2_noynnconv': (SeedCNN('xla', pool2=True), NO_YNN_CONV),
-      'xla_pool2_ynndot': (SeedCNN('xla', pool2=True), YNN_DOT_ONLY),
-      'xla_nchw': (SeedCNN(nchw=True), None),
-      'xla_nchw_noynnconv': (SeedCNN(nchw=True), NO_YNN_CONV),
-      'im2col_c8': (SeedCNN('im2col', 8), None),
+    'xla': (SeedCNN('xla'), None),
+    'xla_pool2': (SeedCNN('xla', pool2=True), None),
+    'xla_pool2_noynnconv': (SeedCNN('xla', pool2=True), NO_YNN_CONV),
+    'xla_pool2_ynndot': (SeedCNN('xla', pool2=True), YNN_DOT_ONLY),
+    'xla_nchw': (SeedCNN(nchw=True), None),
+    'xla_nchw_noynnconv': (SeedCNN(nchw=True), NO_YNN_CONV),
+    'im2col_c8': (SeedCNN('im2col', 8), None),
   }
   for c in chunks:
     v[f'im2col_c{c}_pool2'] = (SeedCNN('im2col', c, pool2=True), None)
@@ -103,9 +106,11 @@ def make_step(model, batch, compiler_options=None):
 
   def step(state, x, y):
     p, bs, opt = state
+
     def loss_fn(p):
       out, upd = model.apply({'params': p, 'batch_stats': bs}, x, mutable=['batch_stats'])
       return optax.softmax_cross_entropy_with_integer_labels(out, y).mean(), upd
+
     (loss, upd), g = jax.value_and_grad(loss_fn, has_aux=True)(p)
     u, opt = tx.update(g, opt, p)
     return (optax.apply_updates(p, u), upd['batch_stats'], opt), loss
@@ -151,13 +156,17 @@ def main():
 
   n_img = args.batch * args.steps
   base = n_img / min(times[names[0]])
-  print(f'{jax.devices()[0].platform}, {os.cpu_count()} cpus, batch {args.batch}, '
-        f'{args.rounds} rounds x {args.steps} steps, '
-        f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}")
-  print(f"{'variant':42s} {'best':>6s} {'median':>7s}  best/{names[0]}  cpu-ms/step")
+  print(
+    f'{jax.devices()[0].platform}, {os.cpu_count()} cpus, batch {args.batch}, '
+    f'{args.rounds} rounds x {args.steps} steps, '
+    f'GLIBC_TUNABLES={os.environ.get("GLIBC_TUNABLES", "")!r}'
+  )
+  print(f'{"variant":42s} {"best":>6s} {"median":>7s}  best/{names[0]}  cpu-ms/step')
   for k, ts in times.items():
-    print(f'{k:42s} {n_img / min(ts):6.0f} {n_img / np.median(ts):7.0f}  '
-          f'{n_img / min(ts) / base:5.2f}x {1e3 * np.median(cpu[k]) / args.steps:12.0f}')
+    print(
+      f'{k:42s} {n_img / min(ts):6.0f} {n_img / np.median(ts):7.0f}  '
+      f'{n_img / min(ts) / base:5.2f}x {1e3 * np.median(cpu[k]) / args.steps:12.0f}'
+    )
 
 
 if __name__ == '__main__':

@@ -1,7 +1,7 @@
 """Overhead of jaxvision's training loop: a run.py-equivalent run against its step times.
 
-    python benchmarks/loop_overhead.py                   # configs/cnn.py, 500 steps (~3 min on 2 cores)
-    python benchmarks/loop_overhead.py --steps 250       # shorter
+    python benchmarks/loop_overhead.py               # configs/cnn.py, 500 steps (~3 min on 2 cores)
+    python benchmarks/loop_overhead.py --steps 250   # shorter
     python benchmarks/loop_overhead.py --config configs/resnet.py --steps 250
 
 Runs `jaxvision.train.train_and_evaluate` (what `python run.py --config ...` runs: setup, data
@@ -23,6 +23,7 @@ overhead` (wall) also counts setup and compilation. The run's time inside evals,
 checkpoint saves, metric writes and batch feeding (measured by wrapping those functions) is
 printed as a breakdown. Target: loop overhead < 5 %.
 """
+
 import argparse
 import json
 import os
@@ -50,6 +51,7 @@ class Timer:
       finally:
         self.total[label] = self.total.get(label, 0.0) + time.perf_counter() - t
         self.calls[label] = self.calls.get(label, 0) + 1
+
     return wrapped
 
 
@@ -57,12 +59,14 @@ def step_alone(config, steps: int, chunks: int = 4) -> dict:
   """Seconds per step of `setup(config).train_step` on one batch, dispatched back to back as
   the loop does (blocked only at the end of each of `chunks` chunks): median over chunks of
   wall time and of process CPU time (all threads) per step."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from jaxvision import train  # pylint: disable=g-import-not-at-top
-  from jaxvision.data import pipeline  # pylint: disable=g-import-not-at-top
+  import jax
+
+  from jaxvision import experiment
+  from jaxvision.data import pipeline
+
   workdir = tempfile.mkdtemp(prefix='loop_alone_')
   try:
-    exp = train.setup(config, workdir)
+    exp = experiment.setup(config, workdir)
     it = iter(pipeline.train_dataset(exp.config, exp.train_split))
     batch = exp.train_batch(next(it))
     del it
@@ -89,29 +93,35 @@ def main(argv=None):
   ap.add_argument('--config', default=os.path.join(ROOT, 'configs', 'cnn.py'))
   ap.add_argument('--steps', type=int, default=500, help='train.steps of the run')
   ap.add_argument('--alone-steps', type=int, default=60, help='steps timed alone, before and after')
-  ap.add_argument('--progress', type=int, default=1, help='tqdm progress bar on (1, as run.py) or off (0)')
+  ap.add_argument(
+    '--progress', type=int, default=1, help='tqdm progress bar on (1, as run.py) or off (0)'
+  )
   ap.add_argument('--out', default='', help='also write the result as JSON here')
   args = ap.parse_args(argv)
 
   sys.path.insert(0, ROOT)
-  import jax  # pylint: disable=g-import-not-at-top
-  from jaxvision import checkpoint, train, writers  # pylint: disable=g-import-not-at-top
-  from jaxvision import config as config_lib  # pylint: disable=g-import-not-at-top
+  import jax
+
+  from jaxvision import checkpoint, experiment, train, writers
+  from jaxvision import config as config_lib
 
   config = config_lib.from_file(args.config)
   config.train.steps = args.steps
   config.train.progress = bool(args.progress)
   cfg = config.train
-  print(f'{args.config}: {cfg.steps} steps of {config.data.batch_size}, log every {cfg.log_every}, '
-        f'eval every {cfg.eval_every}, checkpoint every {cfg.ckpt_every}; jax {jax.__version__} on '
-        f'{jax.device_count()} {jax.devices()[0].platform} device(s)', flush=True)
+  print(
+    f'{args.config}: {cfg.steps} steps of {config.data.batch_size}, log every {cfg.log_every}, '
+    f'eval every {cfg.eval_every}, checkpoint every {cfg.ckpt_every}; jax {jax.__version__} on '
+    f'{jax.device_count()} {jax.devices()[0].platform} device(s)',
+    flush=True,
+  )
 
   before = step_alone(config, args.alone_steps)
 
   # The run, with its phases timed through wrappers (the loop itself is the product's).
   timer = Timer()
   marks = {}
-  real_setup = train.setup
+  real_setup = experiment.setup
 
   def setup(config, workdir):
     marks['setup_start'] = time.perf_counter()
@@ -126,16 +136,19 @@ def main(argv=None):
         marks['first_step_end'] = time.perf_counter()
         marks['first_step_end_cpu'] = time.process_time()
       return out
+
     exp.train_step = train_step
     exp.train_batch = timer.wrap('feed (next batch + device_put)', exp.train_batch)
     return exp
 
-  patches = [(train, 'setup', setup),
-             (train, 'run_eval', timer.wrap('eval', train.run_eval)),
-             (train, 'write_samples', timer.wrap('eval', train.write_samples)),
-             (checkpoint.Checkpointer, 'save', timer.wrap('checkpoint save', checkpoint.Checkpointer.save)),
-             (checkpoint.Checkpointer, 'wait', timer.wrap('checkpoint wait', checkpoint.Checkpointer.wait)),
-             (writers.MetricWriter, 'write', timer.wrap('metric writes', writers.MetricWriter.write))]
+  patches = [
+    (experiment, 'setup', setup),
+    (experiment, 'run_eval', timer.wrap('eval', experiment.run_eval)),
+    (experiment, 'write_samples', timer.wrap('eval', experiment.write_samples)),
+    (checkpoint.Checkpointer, 'save', timer.wrap('checkpoint save', checkpoint.Checkpointer.save)),
+    (checkpoint.Checkpointer, 'wait', timer.wrap('checkpoint wait', checkpoint.Checkpointer.wait)),
+    (writers.MetricWriter, 'write', timer.wrap('metric writes', writers.MetricWriter.write)),
+  ]
   saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
   for obj, name, fn in patches:
     setattr(obj, name, fn)
@@ -166,30 +179,56 @@ def main(argv=None):
   total_overhead = (wall - cfg.steps * step_s) / (cfg.steps * step_s)
   ips_logged = [m['perf/images_per_sec'] for m in logged if 'perf/images_per_sec' in m]
   result = {
-      'config': os.path.relpath(args.config, ROOT), 'steps': cfg.steps, 'batch': config.data.batch_size,
-      'log_every': cfg.log_every, 'eval_every': cfg.eval_every, 'ckpt_every': cfg.ckpt_every,
-      'progress_bar': bool(args.progress),
-      'wall_s': wall, 'setup_s': setup_s, 'first_step_s': first_s, 'loop_s': loop_s, 'loop_cpu_s': loop_cpu,
-      'step_alone_ms_before': 1e3 * before['wall'], 'step_alone_ms_after': 1e3 * after['wall'],
-      'step_alone_ms': 1e3 * step_s, 'step_alone_cpu_ms': 1e3 * step_cpu,
-      'steps_sum_s': steps_sum, 'steps_cpu_sum_s': steps_cpu,
-      'loop_overhead_pct': 100 * loop_overhead, 'loop_cpu_overhead_pct': 100 * cpu_overhead,
-      'total_overhead_pct': 100 * total_overhead,
-      'phases_s': dict(timer.total), 'phase_calls': dict(timer.calls),
-      'logged_images_per_sec_median': statistics.median(ips_logged) if ips_logged else None,
-      'alone_images_per_sec': config.data.batch_size / step_s,
-      'final_metrics': final,
+    'config': os.path.relpath(args.config, ROOT),
+    'steps': cfg.steps,
+    'batch': config.data.batch_size,
+    'log_every': cfg.log_every,
+    'eval_every': cfg.eval_every,
+    'ckpt_every': cfg.ckpt_every,
+    'progress_bar': bool(args.progress),
+    'wall_s': wall,
+    'setup_s': setup_s,
+    'first_step_s': first_s,
+    'loop_s': loop_s,
+    'loop_cpu_s': loop_cpu,
+    'step_alone_ms_before': 1e3 * before['wall'],
+    'step_alone_ms_after': 1e3 * after['wall'],
+    'step_alone_ms': 1e3 * step_s,
+    'step_alone_cpu_ms': 1e3 * step_cpu,
+    'steps_sum_s': steps_sum,
+    'steps_cpu_sum_s': steps_cpu,
+    'loop_overhead_pct': 100 * loop_overhead,
+    'loop_cpu_overhead_pct': 100 * cpu_overhead,
+    'total_overhead_pct': 100 * total_overhead,
+    'phases_s': dict(timer.total),
+    'phase_calls': dict(timer.calls),
+    'logged_images_per_sec_median': statistics.median(ips_logged) if ips_logged else None,
+    'alone_images_per_sec': config.data.batch_size / step_s,
+    'final_metrics': final,
   }
-  print(f"\nwall {wall:.1f} s = setup {setup_s:.1f} s + first step (compile) {first_s:.1f} s + loop {loop_s:.1f} s")
-  print(f"step alone: {1e3 * before['wall']:.1f} ms before the run, {1e3 * after['wall']:.1f} ms after "
-        f"-> {cfg.steps - 1} steps = {steps_sum:.1f} s; CPU time {1e3 * step_cpu:.1f} ms/step -> {steps_cpu:.1f} s "
-        f"(loop: {loop_cpu:.1f} s)")
-  print('inside the loop: ' + ', '.join(f'{k} {v:.2f} s ({timer.calls[k]}x)' for k, v in timer.total.items()))
+  print(
+    f'\nwall {wall:.1f} s = setup {setup_s:.1f} s + first step (compile) {first_s:.1f} s '
+    f'+ loop {loop_s:.1f} s'
+  )
+  print(
+    f'step alone: {1e3 * before["wall"]:.1f} ms before the run, {1e3 * after["wall"]:.1f} ms after '
+    f'-> {cfg.steps - 1} steps = {steps_sum:.1f} s; '
+    f'CPU time {1e3 * step_cpu:.1f} ms/step -> {steps_cpu:.1f} s '
+    f'(loop: {loop_cpu:.1f} s)'
+  )
+  print(
+    'inside the loop: '
+    + ', '.join(f'{k} {v:.2f} s ({timer.calls[k]}x)' for k, v in timer.total.items())
+  )
   if ips_logged:
-    print(f"images/s logged by the loop (median of {len(ips_logged)} logs, evals excluded): "
-          f"{result['logged_images_per_sec_median']:.0f}; alone: {result['alone_images_per_sec']:.0f}")
-  print(f"loop overhead: wall {100 * loop_overhead:+.1f} %, CPU time {100 * cpu_overhead:+.1f} % "
-        f"(target < 5 %); wall with setup and compilation {100 * total_overhead:+.1f} %")
+    print(
+      f'images/s logged by the loop (median of {len(ips_logged)} logs, evals excluded): '
+      f'{result["logged_images_per_sec_median"]:.0f}; alone: {result["alone_images_per_sec"]:.0f}'
+    )
+  print(
+    f'loop overhead: wall {100 * loop_overhead:+.1f} %, CPU time {100 * cpu_overhead:+.1f} % '
+    f'(target < 5 %); wall with setup and compilation {100 * total_overhead:+.1f} %'
+  )
   if args.out:
     with open(args.out, 'w') as f:
       json.dump(result, f, indent=1)

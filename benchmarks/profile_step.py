@@ -23,6 +23,7 @@ so the sum can exceed the step time (`traced` > 100 %); XLA's own convolutions r
 Eigen's pool, mostly outside the trace (`traced` well under 100 % with
 `cpu_convolutions='xla'`: the missing time is theirs).
 """
+
 import argparse
 import collections
 import glob
@@ -37,23 +38,34 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 MODELS = ('cnn', 'resnet', 'vit', 'lstm', 'dcgan', 'conv_vae')
-KINDS = ('conv (ynn)', 'conv (xla)', 'dot (ynn)', 'dot (xla)', 'layout (transpose, copy)', 'elementwise',
-         'reduce')
+KINDS = (
+  'conv (ynn)',
+  'conv (xla)',
+  'dot (ynn)',
+  'dot (xla)',
+  'layout (transpose, copy)',
+  'elementwise',
+  'reduce',
+)
 
 
 def op_kinds(hlo_text: str) -> dict:
-  """{instruction name: kind} for the instructions of a compiled HLO module (loops and calls left out)."""
-  bodies = {m.group(1): m.group(2) for m in re.finditer(r'^%?([\w.\-]+) [^\n]*\{\n(.*?)\n\}', hlo_text, re.S | re.M)}
+  """{instruction name: kind} for the instructions of a compiled HLO module (loops and calls left
+  out)."""
+  bodies = {
+    m.group(1): m.group(2)
+    for m in re.finditer(r'^%?([\w.\-]+) [^\n]*\{\n(.*?)\n\}', hlo_text, re.S | re.M)
+  }
   kinds = {}
   for m in re.finditer(r'^\s+(?:ROOT )?%?([\w.\-]+) = ([^\n]*)$', hlo_text, re.M):
     name, rest = m.groups()
     if rest.startswith('('):  # a tuple type: skip to its closing parenthesis
       depth, i = 0, 0
-      for i, ch in enumerate(rest):
+      for i, ch in enumerate(rest):  # noqa: B007  (i is read after the loop)
         depth += {'(': 1, ')': -1}.get(ch, 0)
         if depth == 0:
           break
-      rest = rest[i + 1:]
+      rest = rest[i + 1 :]
     else:
       rest = rest.split(' ', 1)[1] if ' ' in rest else ''
     op = re.match(r'\s*([\w\-]+)\(', rest)
@@ -72,9 +84,25 @@ def op_kinds(hlo_text: str) -> dict:
       kinds[name] = f'dot {engine}'
     elif ops & {'reduce', 'reduce-window'}:
       kinds[name] = 'reduce'
-    elif opcode in ('copy', 'transpose') or name.startswith(('transpose', 'copy')) or ops <= {
-        'fusion', 'copy', 'transpose', 'bitcast', 'parameter', 'slice', 'concatenate', 'pad', 'reshape',
-        'broadcast', 'tuple', 'get-tuple-element'}:
+    elif (
+      opcode in ('copy', 'transpose')
+      or name.startswith(('transpose', 'copy'))
+      or ops
+      <= {
+        'fusion',
+        'copy',
+        'transpose',
+        'bitcast',
+        'parameter',
+        'slice',
+        'concatenate',
+        'pad',
+        'reshape',
+        'broadcast',
+        'tuple',
+        'get-tuple-element',
+      }
+    ):
       kinds[name] = 'layout (transpose, copy)'
     else:
       kinds[name] = 'elementwise'
@@ -94,10 +122,12 @@ def op_times(trace_dir: str, steps: int) -> dict:
 
 
 def profile(name: str, overrides: list[str], batch: int, steps: int, trace_dir: str) -> dict:
-  import jax  # pylint: disable=g-import-not-at-top
-  from jaxvision import config as config_lib  # pylint: disable=g-import-not-at-top
-  from jaxvision import train  # pylint: disable=g-import-not-at-top
-  from jaxvision.data import pipeline  # pylint: disable=g-import-not-at-top
+  import jax
+
+  from jaxvision import config as config_lib
+  from jaxvision import experiment
+  from jaxvision.data import pipeline
+
   config = config_lib.from_file(os.path.join(ROOT, 'configs', f'{name}.py'))
   config.data.batch_size = batch
   config.eval.fd_samples = 0
@@ -109,7 +139,7 @@ def profile(name: str, overrides: list[str], batch: int, steps: int, trace_dir: 
     for p in parents:
       node = node[p]
     node[leaf] = type(node[leaf])(value)
-  exp = train.setup(config, tempfile.mkdtemp(prefix='profile_'))
+  exp = experiment.setup(config, tempfile.mkdtemp(prefix='profile_'))
   batch_ = exp.train_batch(next(iter(pipeline.train_dataset(exp.config, exp.train_split))))
   compiled = exp.train_step.lower(exp.state, batch_).compile()
   state = exp.state
@@ -131,9 +161,15 @@ def profile(name: str, overrides: list[str], batch: int, steps: int, trace_dir: 
     if event in kinds:
       by_kind[kinds[event]] += us
   traced = sum(by_kind.values())
-  return {'model': name, 'overrides': overrides, 'batch': batch, 'step_ms': step_us / 1e3,
-          'images_per_s': batch / step_us * 1e6, 'traced_ms': traced / 1e3,
-          'ms_by_kind': {k: by_kind[k] / 1e3 for k in KINDS if by_kind[k]}}
+  return {
+    'model': name,
+    'overrides': overrides,
+    'batch': batch,
+    'step_ms': step_us / 1e3,
+    'images_per_s': batch / step_us * 1e6,
+    'traced_ms': traced / 1e3,
+    'ms_by_kind': {k: by_kind[k] / 1e3 for k in KINDS if by_kind[k]},
+  }
 
 
 def main(argv=None):
@@ -141,18 +177,27 @@ def main(argv=None):
   ap.add_argument('--models', default=','.join(MODELS), help='comma-separated config names')
   ap.add_argument('--batch', type=int, default=128)
   ap.add_argument('--steps', type=int, default=5, help='steps timed and traced')
-  ap.add_argument('--set', action='append', default=[], help='config override KEY=VALUE (repeatable)')
-  ap.add_argument('--trace-dir', default='', help='keep the traces here (default: a temporary folder)')
+  ap.add_argument(
+    '--set', action='append', default=[], help='config override KEY=VALUE (repeatable)'
+  )
+  ap.add_argument(
+    '--trace-dir', default='', help='keep the traces here (default: a temporary folder)'
+  )
   ap.add_argument('--out', default='', help='also write the rows as JSON here')
   args = ap.parse_args(argv)
   sys.path.insert(0, ROOT)
   rows = []
   for name in [m for m in args.models.split(',') if m]:
-    trace_dir = os.path.join(args.trace_dir, name) if args.trace_dir else tempfile.mkdtemp(prefix='trace_')
+    trace_dir = (
+      os.path.join(args.trace_dir, name) if args.trace_dir else tempfile.mkdtemp(prefix='trace_')
+    )
     row = profile(name, args.set, args.batch, args.steps, trace_dir)
     rows.append(row)
-    print(f"\n{name} {' '.join(args.set)}: {row['step_ms']:.1f} ms/step ({row['images_per_s']:.0f} images/s), "
-          f"ops traced {row['traced_ms']:.1f} ms ({100 * row['traced_ms'] / row['step_ms']:.0f} %)")
+    print(
+      f'\n{name} {" ".join(args.set)}: {row["step_ms"]:.1f} ms/step '
+      f'({row["images_per_s"]:.0f} images/s), '
+      f'ops traced {row["traced_ms"]:.1f} ms ({100 * row["traced_ms"] / row["step_ms"]:.0f} %)'
+    )
     for kind, ms in sorted(row['ms_by_kind'].items(), key=lambda kv: -kv[1]):
       print(f'  {kind:26s} {ms:8.1f} ms  {100 * ms / row["traced_ms"]:5.1f} %')
   if args.out:

@@ -8,7 +8,7 @@
 Needs the `bench` extra (torch==2.13.0). For each model (the default config of
 configs/<model>.py at --batch, fp32, 28x28x1 mnist10k digits):
 
-  * jax: the product's step, `jaxvision.train.setup(config, workdir).train_step` (jit with the
+  * jax: the product's step, `jaxvision.experiment.setup(config, workdir).train_step` (jit with the
     state donated, exactly what run.py runs), on 1 CPU device unless --devices says otherwise;
   * torch_eager / torch_compile: the twins of benchmarks/torch_models.py (same architecture,
     same parameter count -- asserted -- same loss, optimizer and augmentation);
@@ -27,7 +27,9 @@ Results: benchmarks/results/<hostname>-<YYYY-MM-DD>T<HHMM>Z.json (the start time
 on the same day adds a file) and latest.json (with --quick:
 ...-quick.json and latest-quick.json), a list with one object per model.
 """
+
 import argparse
+import contextlib
 import datetime
 import gc
 import json
@@ -47,18 +49,21 @@ MODELS = ('cnn', 'resnet', 'vit', 'lstm', 'dcgan', 'conv_vae')
 # ('noynn' / 'ynn': config.cpu_convolutions='xla' / 'ynnpack', XLA's own convolutions or YNNPACK's;
 # a variant that the model's config already has is skipped).
 JAX_VARIANTS = {
-    'noynn': {'cpu_convolutions': 'xla'},
-    'ynn': {'cpu_convolutions': 'ynnpack'},
-    'xla_conv': {'model.conv_impl': 'xla'},
-    'xla_conv_noynn': {'model.conv_impl': 'xla', 'cpu_convolutions': 'xla'},
-    'im2col_conv': {'model.conv_impl': 'im2col'},
+  'noynn': {'cpu_convolutions': 'xla'},
+  'ynn': {'cpu_convolutions': 'ynnpack'},
+  'xla_conv': {'model.conv_impl': 'xla'},
+  'xla_conv_noynn': {'model.conv_impl': 'xla', 'cpu_convolutions': 'xla'},
+  'im2col_conv': {'model.conv_impl': 'im2col'},
 }
 
 
 def set_jax_env(devices: int) -> None:
   """Before jax is imported: `devices` CPU devices (1 = jax's default), CPU platform."""
-  flags = [f for f in os.environ.get('XLA_FLAGS', '').split()
-           if not f.startswith('--xla_force_host_platform_device_count')]
+  flags = [
+    f
+    for f in os.environ.get('XLA_FLAGS', '').split()
+    if not f.startswith('--xla_force_host_platform_device_count')
+  ]
   if devices > 1:
     flags.append(f'--xla_force_host_platform_device_count={devices}')
   os.environ['XLA_FLAGS'] = ' '.join(flags)
@@ -72,8 +77,9 @@ def jaxpr_flops(jaxpr) -> tuple[float, bool]:
   """(FLOPs of dot_general and conv_general_dilated, 2 per multiply-add, in a (closed) jaxpr
   and its sub-jaxprs, scans counted `length` times; True if a while loop of unknown trip
   count was counted once). Elementwise work is not counted (the usual "model FLOPs")."""
-  from jax.extend import core  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
+  import numpy as np
+  from jax.extend import core
+
   jaxpr = getattr(jaxpr, 'jaxpr', jaxpr)
   total, unknown = 0.0, False
   for eqn in jaxpr.eqns:
@@ -115,8 +121,9 @@ def jaxpr_flops(jaxpr) -> tuple[float, bool]:
 
 
 def matmul_gflops(repeats: int, n: int = 2048) -> list[float]:
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import jax
+  import jax.numpy as jnp
+
   a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
   b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
   f = jax.jit(jnp.matmul)
@@ -130,7 +137,8 @@ def matmul_gflops(repeats: int, n: int = 2048) -> list[float]:
 
 
 def torch_matmul_gflops(repeats: int, n: int = 2048) -> list[float]:
-  import torch  # pylint: disable=g-import-not-at-top
+  import torch
+
   a, b = torch.randn(n, n), torch.randn(n, n)
   torch.mm(a, b)
   out = []
@@ -146,7 +154,8 @@ class JaxRunner:
     self.step, self.state, self.batch = step, state, batch
 
   def __call__(self, k: int) -> None:
-    import jax  # pylint: disable=g-import-not-at-top
+    import jax
+
     state = self.state
     for _ in range(k):
       state, metrics = self.step(state, self.batch)
@@ -178,7 +187,7 @@ def interleaved(runners: dict, rounds: int, round_s: float, estimates: dict) -> 
   samples = {name: [] for name in runners}
   names = list(runners)
   for r in range(rounds):
-    order = names[r % len(names):] + names[:r % len(names)]
+    order = names[r % len(names) :] + names[: r % len(names)]
     for name in order:
       samples[name].append(timed(runners[name], ks[name]) / ks[name])
   return {'samples': samples, 'steps_per_round': ks}
@@ -188,8 +197,10 @@ def interleaved(runners: dict, rounds: int, round_s: float, estimates: dict) -> 
 
 
 def load_config(name: str, batch: int):
-  import torch_models  # pylint: disable=g-import-not-at-top
-  from jaxvision import config as config_lib  # pylint: disable=g-import-not-at-top
+  import torch_models
+
+  from jaxvision import config as config_lib
+
   file, preset = torch_models.config_file(name)
   config = config_lib.from_file(os.path.join(ROOT, 'configs', file), preset)
   config.data.batch_size = batch
@@ -201,7 +212,8 @@ def load_config(name: str, batch: int):
 def jax_variant(name: str, variant: str, batch: int, local_batch: dict):
   """(runner, compile seconds) for an extra jax column: the product step with another conv_impl
   and/or config.cpu_convolutions; None where the variant does not apply to the model."""
-  from jaxvision import train  # pylint: disable=g-import-not-at-top
+  from jaxvision import experiment
+
   config = load_config(name, batch)
   overrides = JAX_VARIANTS[variant]
   conv_impl = overrides.get('model.conv_impl')
@@ -213,7 +225,7 @@ def jax_variant(name: str, variant: str, batch: int, local_batch: dict):
     if config.cpu_convolutions == overrides['cpu_convolutions'] and conv_impl is None:
       return None
     config.cpu_convolutions = overrides['cpu_convolutions']
-  exp = train.setup(config, tempfile.mkdtemp(prefix='bench_'))
+  exp = experiment.setup(config, tempfile.mkdtemp(prefix='bench_'))
   jbatch = exp.train_batch(local_batch)
   t = time.perf_counter()
   compiled = exp.train_step.lower(exp.state, jbatch).compile()
@@ -224,15 +236,16 @@ def jax_variant(name: str, variant: str, batch: int, local_batch: dict):
 
 
 def bench_model(name: str, args, matmul: float) -> dict:
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  import torch  # pylint: disable=g-import-not-at-top
-  import torch_models  # pylint: disable=g-import-not-at-top
-  from jaxvision import train  # pylint: disable=g-import-not-at-top
-  from jaxvision.data import pipeline  # pylint: disable=g-import-not-at-top
+  import jax
+  import numpy as np
+  import torch
+  import torch_models
+
+  from jaxvision import experiment
+  from jaxvision.data import pipeline
 
   config = load_config(name, args.batch)
-  exp = train.setup(config, tempfile.mkdtemp(prefix='bench_'))
+  exp = experiment.setup(config, tempfile.mkdtemp(prefix='bench_'))
   jax_params = sum(int(x.size) for x in jax.tree_util.tree_leaves(exp.state.params))
 
   # The input pipeline alone, then one real batch for every runner.
@@ -266,14 +279,20 @@ def bench_model(name: str, args, matmul: float) -> dict:
   eager_model = torch_models.build(name, config)
   torch_params = torch_models.num_params(eager_model)
   if torch_params != jax_params:
-    raise AssertionError(f'{name}: jaxvision has {jax_params:,} parameters, the torch twin {torch_params:,}')
-  runners = {'jax': jax_runner,
-             'torch_eager': TorchRunner(torch_models.TrainStep(name, config, eager_model), tbatch)}
+    raise AssertionError(
+      f'{name}: jaxvision has {jax_params:,} parameters, the torch twin {torch_params:,}'
+    )
+  runners = {
+    'jax': jax_runner,
+    'torch_eager': TorchRunner(torch_models.TrainStep(name, config, eager_model), tbatch),
+  }
   torch_compile_warmup_s = float('nan')
   if not args.no_compile:
     compiled_model = torch_models.build(name, config)
     compiled_model.load_state_dict(eager_model.state_dict())
-    runners['torch_compile'] = TorchRunner(torch_models.TrainStep(name, config, compiled_model, compile=True), tbatch)
+    runners['torch_compile'] = TorchRunner(
+      torch_models.TrainStep(name, config, compiled_model, compile=True), tbatch
+    )
     torch_compile_warmup_s = timed(runners['torch_compile'], 3)  # compiles forward + backward
   variant_compile_s = {}
   for variant in args.jax_variants:
@@ -291,25 +310,36 @@ def bench_model(name: str, args, matmul: float) -> dict:
   ips = {k: args.batch / v for k, v in med.items()}
   jax_gflops = flops / med['jax'] / 1e9
   row = {
-      'model': name, 'config': f'configs/{torch_models.CONFIGS[name]}', 'batch': args.batch,
-      'params': jax_params, 'torch_params': torch_params,
-      'jax_ips': ips['jax'], 'torch_eager_ips': ips['torch_eager'],
-      'torch_compile_ips': ips.get('torch_compile', float('nan')),
-      'jax_compile_s': jax_compile_s, 'jax_first_call_s': jax_first_call_s,
-      'torch_compile_warmup_s': torch_compile_warmup_s,
-      'flops_per_step': flops, 'flops_loop_unknown': loop_unknown, 'xla_cost_flops': xla_cost_flops,
-      'jax_gflops': jax_gflops, 'matmul_gflops': matmul, 'gflops_fraction': jax_gflops / matmul,
-      'pipeline_ips': pipeline_ips,
-      'jax_step_ms': {'median': 1e3 * med['jax'], 'min': 1e3 * min(timing['samples']['jax'])},
-      'step_ms_samples': {k: [round(1e3 * s, 3) for s in v] for k, v in timing['samples'].items()},
-      'steps_per_round': timing['steps_per_round'],
-      'conv_impl': config.model.get('conv_impl'),
+    'model': name,
+    'config': f'configs/{torch_models.CONFIGS[name]}',
+    'batch': args.batch,
+    'params': jax_params,
+    'torch_params': torch_params,
+    'jax_ips': ips['jax'],
+    'torch_eager_ips': ips['torch_eager'],
+    'torch_compile_ips': ips.get('torch_compile', float('nan')),
+    'jax_compile_s': jax_compile_s,
+    'jax_first_call_s': jax_first_call_s,
+    'torch_compile_warmup_s': torch_compile_warmup_s,
+    'flops_per_step': flops,
+    'flops_loop_unknown': loop_unknown,
+    'xla_cost_flops': xla_cost_flops,
+    'jax_gflops': jax_gflops,
+    'matmul_gflops': matmul,
+    'gflops_fraction': jax_gflops / matmul,
+    'pipeline_ips': pipeline_ips,
+    'jax_step_ms': {'median': 1e3 * med['jax'], 'min': 1e3 * min(timing['samples']['jax'])},
+    'step_ms_samples': {k: [round(1e3 * s, 3) for s in v] for k, v in timing['samples'].items()},
+    'steps_per_round': timing['steps_per_round'],
+    'conv_impl': config.model.get('conv_impl'),
   }
   if args.jax_variants:
-    row['jax_variants_ips'] = {k.split(':', 1)[1]: v for k, v in ips.items() if k.startswith('jax:')}
+    row['jax_variants_ips'] = {
+      k.split(':', 1)[1]: v for k, v in ips.items() if k.startswith('jax:')
+    }
     row['jax_variants_compile_s'] = variant_compile_s
   del runners, jax_runner
-  torch._dynamo.reset()  # pylint: disable=protected-access
+  torch._dynamo.reset()
   gc.collect()
   return row
 
@@ -318,47 +348,73 @@ def bench_model(name: str, args, matmul: float) -> dict:
 
 
 def versions() -> dict:
-  import importlib.metadata  # pylint: disable=g-import-not-at-top
+  import importlib.metadata
+
   out = {'python': platform.python_version()}
   for p in ('jax', 'jaxlib', 'flax', 'optax', 'numpy', 'torch'):
-    try:
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
       out[p] = importlib.metadata.version(p)
-    except importlib.metadata.PackageNotFoundError:
-      pass
   return out
 
 
 def print_table(rows: list[dict]) -> None:
-  head = (f"{'model':9s} {'params':>9s} {'jax':>7s} {'eager':>7s} {'compile':>7s} {'jax/eag':>7s} "
-          f"{'jax/cmp':>7s} {'jax_cmp_s':>9s} {'tc_warm_s':>9s} {'GFLOP/st':>8s} {'gf_frac':>7s} {'pipe_ips':>9s}")
+  head = (
+    f'{"model":9s} {"params":>9s} {"jax":>7s} {"eager":>7s} {"compile":>7s} {"jax/eag":>7s} '
+    f'{"jax/cmp":>7s} {"jax_cmp_s":>9s} {"tc_warm_s":>9s} {"GFLOP/st":>8s} {"gf_frac":>7s} '
+    f'{"pipe_ips":>9s}'
+  )
   print(head)
   for r in rows:
-    print(f"{r['model']:9s} {r['params']:9,d} {r['jax_ips']:7.0f} {r['torch_eager_ips']:7.0f} "
-          f"{r['torch_compile_ips']:7.0f} {r['jax_ips'] / r['torch_eager_ips']:7.2f} "
-          f"{r['jax_ips'] / r['torch_compile_ips']:7.2f} {r['jax_compile_s']:9.1f} "
-          f"{r['torch_compile_warmup_s']:9.1f} {r['flops_per_step'] / 1e9:8.2f} {r['gflops_fraction']:7.3f} "
-          f"{r['pipeline_ips']:9.0f}")
+    print(
+      f'{r["model"]:9s} {r["params"]:9,d} {r["jax_ips"]:7.0f} {r["torch_eager_ips"]:7.0f} '
+      f'{r["torch_compile_ips"]:7.0f} {r["jax_ips"] / r["torch_eager_ips"]:7.2f} '
+      f'{r["jax_ips"] / r["torch_compile_ips"]:7.2f} {r["jax_compile_s"]:9.1f} '
+      f'{r["torch_compile_warmup_s"]:9.1f} {r["flops_per_step"] / 1e9:8.2f} '
+      f'{r["gflops_fraction"]:7.3f} '
+      f'{r["pipeline_ips"]:9.0f}'
+    )
     if r.get('jax_variants_ips'):
-      print('          jax variants (images/s, ratio to jax): ' + ', '.join(
-          f'{k} {v:.0f} ({v / r["jax_ips"]:.2f}x)' for k, v in r['jax_variants_ips'].items()))
+      print(
+        '          jax variants (images/s, ratio to jax): '
+        + ', '.join(
+          f'{k} {v:.0f} ({v / r["jax_ips"]:.2f}x)' for k, v in r['jax_variants_ips'].items()
+        )
+      )
 
 
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  ap.add_argument('--models', default=','.join(MODELS), help=f'comma-separated, of {",".join(MODELS)}')
+  ap.add_argument(
+    '--models', default=','.join(MODELS), help=f'comma-separated, of {",".join(MODELS)}'
+  )
   ap.add_argument('--batch', type=int, default=128)
-  ap.add_argument('--repeats', type=int, default=None, help='timed rounds per model (default 7; quick 3)')
-  ap.add_argument('--round-s', type=float, default=None,
-                  help='seconds per runner per round (default 1.5; quick 0.4)')
+  ap.add_argument(
+    '--repeats', type=int, default=None, help='timed rounds per model (default 7; quick 3)'
+  )
+  ap.add_argument(
+    '--round-s',
+    type=float,
+    default=None,
+    help='seconds per runner per round (default 1.5; quick 0.4)',
+  )
   ap.add_argument('--quick', action='store_true', help='3 short rounds, fewer pipeline batches')
   ap.add_argument('--devices', type=int, default=1, help='forced XLA CPU devices (default 1)')
   ap.add_argument('--threads', type=int, default=os.cpu_count(), help='torch.set_num_threads')
   ap.add_argument('--no-compile', action='store_true', help='skip torch.compile')
-  ap.add_argument('--omp-wait-policy', default=None, choices=('passive', 'active', 'unset'),
-                  help='OMP_WAIT_POLICY for torch (default: $OMP_WAIT_POLICY if set, else passive)')
-  ap.add_argument('--torch-cache', action='store_true',
-                  help="keep torch inductor's on-disk cache (default: a fresh one, so compile warm-up is cold)")
-  ap.add_argument('--jax-variants', default='', help=f'extra jax columns, of {",".join(JAX_VARIANTS)}')
+  ap.add_argument(
+    '--omp-wait-policy',
+    default=None,
+    choices=('passive', 'active', 'unset'),
+    help='OMP_WAIT_POLICY for torch (default: $OMP_WAIT_POLICY if set, else passive)',
+  )
+  ap.add_argument(
+    '--torch-cache',
+    action='store_true',
+    help="keep torch inductor's on-disk cache (default: a fresh one, so compile warm-up is cold)",
+  )
+  ap.add_argument(
+    '--jax-variants', default='', help=f'extra jax columns, of {",".join(JAX_VARIANTS)}'
+  )
   ap.add_argument('--out-dir', default=os.path.join(HERE, 'results'))
   ap.add_argument('--no-write', action='store_true')
   args = ap.parse_args(argv)
@@ -386,35 +442,51 @@ def main(argv=None):
     os.environ['TORCHINDUCTOR_CACHE_DIR'] = tempfile.mkdtemp(prefix='inductor_cache_')
   sys.path.insert(0, HERE)
   sys.path.insert(0, ROOT)
-  import jax  # pylint: disable=g-import-not-at-top
-  import torch  # pylint: disable=g-import-not-at-top
+  import jax
+  import torch
+
   torch.set_num_threads(args.threads)
 
   t_start = time.perf_counter()
   gf = matmul_gflops(7)
   tgf = torch_matmul_gflops(5)
   machine = {
-      'hostname': socket.gethostname(), 'date': datetime.date.today().isoformat(),
-      'started': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%dT%H%MZ'), 'cpus': os.cpu_count(),
-      'jax_devices': jax.device_count(), 'torch_threads': torch.get_num_threads(),
-      'jax_threads': f'XLA:CPU intra-op pool, {os.cpu_count()} threads (one per core)',
-      'xla_flags': os.environ.get('XLA_FLAGS', ''), 'versions': versions(), 'quick': args.quick,
-      'repeats': args.repeats, 'round_s': args.round_s,
-      'omp_wait_policy': os.environ.get('OMP_WAIT_POLICY', 'unset'),
-      'torch_inductor_cache': 'kept' if args.torch_cache else 'fresh (cold compile)',
+    'hostname': socket.gethostname(),
+    'date': datetime.date.today().isoformat(),
+    'started': datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%dT%H%MZ'),
+    'cpus': os.cpu_count(),
+    'jax_devices': jax.device_count(),
+    'torch_threads': torch.get_num_threads(),
+    'jax_threads': f'XLA:CPU intra-op pool, {os.cpu_count()} threads (one per core)',
+    'xla_flags': os.environ.get('XLA_FLAGS', ''),
+    'versions': versions(),
+    'quick': args.quick,
+    'repeats': args.repeats,
+    'round_s': args.round_s,
+    'omp_wait_policy': os.environ.get('OMP_WAIT_POLICY', 'unset'),
+    'torch_inductor_cache': 'kept' if args.torch_cache else 'fresh (cold compile)',
   }
-  print(f"{machine['hostname']}: {os.cpu_count()} cpus, jax {machine['versions'].get('jax')} on "
-        f"{jax.device_count()} device(s), torch {machine['versions'].get('torch')} with "
-        f"{torch.get_num_threads()} threads (OMP_WAIT_POLICY={machine['omp_wait_policy']}), batch {args.batch}, {args.repeats} rounds of ~{args.round_s}s")
-  print(f'2048x2048 f32 matmul: jax {statistics.median(gf):.0f} GFLOP/s, torch {statistics.median(tgf):.0f} GFLOP/s')
+  print(
+    f'{machine["hostname"]}: {os.cpu_count()} cpus, jax {machine["versions"].get("jax")} on '
+    f'{jax.device_count()} device(s), torch {machine["versions"].get("torch")} with '
+    f'{torch.get_num_threads()} threads (OMP_WAIT_POLICY={machine["omp_wait_policy"]}), '
+    f'batch {args.batch}, {args.repeats} rounds of ~{args.round_s}s'
+  )
+  print(
+    f'2048x2048 f32 matmul: jax {statistics.median(gf):.0f} GFLOP/s, '
+    f'torch {statistics.median(tgf):.0f} GFLOP/s'
+  )
   rows = []
   for name in args.models:
     t = time.perf_counter()
     row = bench_model(name, args, statistics.median(gf))
     row['bench_s'] = time.perf_counter() - t
     rows.append(row)
-    print(f"  {name}: jax {row['jax_ips']:.0f}, torch eager {row['torch_eager_ips']:.0f}, "
-          f"torch.compile {row['torch_compile_ips']:.0f} images/s ({row['bench_s']:.0f} s)", flush=True)
+    print(
+      f'  {name}: jax {row["jax_ips"]:.0f}, torch eager {row["torch_eager_ips"]:.0f}, '
+      f'torch.compile {row["torch_compile_ips"]:.0f} images/s ({row["bench_s"]:.0f} s)',
+      flush=True,
+    )
   gf += matmul_gflops(7)  # the machine's speed may drift during the run: both ends count
   matmul = statistics.median(gf)
   for row in rows:
@@ -431,8 +503,10 @@ def main(argv=None):
   if not args.no_write:
     os.makedirs(args.out_dir, exist_ok=True)
     suffix = '-quick' if args.quick else ''
-    paths = [os.path.join(args.out_dir, f"{machine['hostname']}-{machine['started']}{suffix}.json"),
-             os.path.join(args.out_dir, f'latest{suffix}.json')]
+    paths = [
+      os.path.join(args.out_dir, f'{machine["hostname"]}-{machine["started"]}{suffix}.json'),
+      os.path.join(args.out_dir, f'latest{suffix}.json'),
+    ]
     nan_to_none = lambda v: None if isinstance(v, float) and v != v else v  # strict JSON: no NaN
     clean = [{k: nan_to_none(v) for k, v in row.items()} for row in rows]
     for path in paths:

@@ -22,6 +22,7 @@ API used by benchmarks/step_throughput.py and tests/test_benchmarks.py:
     metrics = step(batch)                  # batch: {'image': [B, C, H, W] f32, 'label': [B] i64}
     forward_shapes(name, model, x)         # the output shapes the test compares with jaxvision
 """
+
 import math
 
 import numpy as np
@@ -30,8 +31,14 @@ import torch.nn.functional as F
 from torch import nn
 
 NAMES = ('cnn', 'resnet', 'vit', 'lstm', 'dcgan', 'conv_vae')
-CONFIGS = {'cnn': 'cnn.py', 'resnet': 'resnet.py', 'vit': 'vit.py', 'lstm': 'lstm.py',
-           'dcgan': 'dcgan.py:plain', 'conv_vae': 'conv_vae.py'}  # file[:preset]; the twins are unconditional
+CONFIGS = {
+  'cnn': 'cnn.py',
+  'resnet': 'resnet.py',
+  'vit': 'vit.py',
+  'lstm': 'lstm.py',
+  'dcgan': 'dcgan.py:plain',
+  'conv_vae': 'conv_vae.py',
+}  # file[:preset]; the twins are unconditional
 
 
 def config_file(name: str) -> tuple[str, str]:
@@ -51,8 +58,16 @@ class CNN(nn.Module):
   """jaxvision/models/cnn.py, variant 'bn_dropout': [conv3x3 VALID (no bias) -> BN -> relu] per
   feature, 2x2 max-pool, dropout 0.25, fc hidden (no bias) -> BN -> relu, dropout 0.5, fc."""
 
-  def __init__(self, num_classes=10, features=(32, 64), hidden=128, dropout=(0.25, 0.5),
-               bn_momentum=0.9, variant='bn_dropout', image_shape=(28, 28, 1)):
+  def __init__(
+    self,
+    num_classes=10,
+    features=(32, 64),
+    hidden=128,
+    dropout=(0.25, 0.5),
+    bn_momentum=0.9,
+    variant='bn_dropout',
+    image_shape=(28, 28, 1),
+  ):
     super().__init__()
     bn = variant == 'bn_dropout'
     h, w, c = image_shape
@@ -104,14 +119,27 @@ class BasicBlock(nn.Module):
 class ResNet(nn.Module):
   """jaxvision/models/resnet.py with block='basic', stem='cifar' (ResNet-20 at (3, 3, 3), 16)."""
 
-  def __init__(self, num_classes=10, stage_sizes=(3, 3, 3), block='basic', width=16, stem='cifar',
-               bn_momentum=0.9, image_shape=(28, 28, 1)):
+  def __init__(
+    self,
+    num_classes=10,
+    stage_sizes=(3, 3, 3),
+    block='basic',
+    width=16,
+    stem='cifar',
+    bn_momentum=0.9,
+    image_shape=(28, 28, 1),
+  ):
     super().__init__()
     if block != 'basic' or stem != 'cifar':
-      raise NotImplementedError('the torch twin covers block=basic, stem=cifar (the default config)')
+      raise NotImplementedError(
+        'the torch twin covers block=basic, stem=cifar (the default config)'
+      )
     m = _momentum(bn_momentum)
-    self.stem = nn.Sequential(nn.Conv2d(image_shape[-1], width, 3, 1, 1, bias=False),
-                              nn.BatchNorm2d(width, eps=1e-5, momentum=m), nn.ReLU())
+    self.stem = nn.Sequential(
+      nn.Conv2d(image_shape[-1], width, 3, 1, 1, bias=False),
+      nn.BatchNorm2d(width, eps=1e-5, momentum=m),
+      nn.ReLU(),
+    )
     blocks, cin = [], width
     for i, n in enumerate(stage_sizes):
       for j in range(n):
@@ -142,7 +170,9 @@ class EncoderBlock(nn.Module):
 
   def forward(self, x):
     b, n, d = x.shape
-    q, k, v = self.qkv(self.ln1(x)).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+    q, k, v = (
+      self.qkv(self.ln1(x)).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+    )
     y = F.scaled_dot_product_attention(q, k, v)  # no dropout on the attention weights
     x = x + self.drop(self.out(y.transpose(1, 2).reshape(b, n, d)))
     y = self.fc2(self.drop(F.gelu(self.fc1(self.ln2(x)), approximate='tanh')))
@@ -153,8 +183,18 @@ class ViT(nn.Module):
   """jaxvision/models/vit.py: patchify + linear embedding, class token, learned positions,
   pre-norm blocks, final LayerNorm, zero-initialised head on the class token."""
 
-  def __init__(self, num_classes=10, patch=7, dim=96, depth=6, heads=4, mlp_dim=192, dropout=0.0,
-               pool='cls', image_shape=(28, 28, 1)):
+  def __init__(
+    self,
+    num_classes=10,
+    patch=7,
+    dim=96,
+    depth=6,
+    heads=4,
+    mlp_dim=192,
+    dropout=0.0,
+    pool='cls',
+    image_shape=(28, 28, 1),
+  ):
     super().__init__()
     h, w, c = image_shape
     self.patch, self.pool = patch, pool
@@ -185,8 +225,17 @@ class LSTMClassifier(nn.Module):
   """jaxvision/models/lstm.py on images: H time steps of W*C pixels, `layers` stacked
   (bi)LSTMs with dropout between them, the head on the last layer's final hidden state(s)."""
 
-  def __init__(self, num_classes=10, input_shape=(28, 28, 1), hidden=128, layers=1,
-               bidirectional=False, dropout=0.0, vocab_size=0, embed_dim=128):
+  def __init__(
+    self,
+    num_classes=10,
+    input_shape=(28, 28, 1),
+    hidden=128,
+    layers=1,
+    bidirectional=False,
+    dropout=0.0,
+    vocab_size=0,
+    embed_dim=128,
+  ):
     super().__init__()
     if vocab_size:
       raise NotImplementedError('the torch twin covers image rows (vocab_size=0)')
@@ -194,7 +243,9 @@ class LSTMClassifier(nn.Module):
     size = input_shape[1] * input_shape[2]
     rnns = []
     for _ in range(layers):  # [x, 1] in: the weight column of the 1 is flax's single bias
-      rnns.append(nn.LSTM(size + 1, hidden, batch_first=True, bidirectional=bidirectional, bias=False))
+      rnns.append(
+        nn.LSTM(size + 1, hidden, batch_first=True, bidirectional=bidirectional, bias=False)
+      )
       size = dirs * hidden
     self.rnns = nn.ModuleList(rnns)
     self.drop = nn.Dropout(dropout)
@@ -234,9 +285,13 @@ class DCGANGenerator(nn.Module):
     self.norm0 = nn.BatchNorm2d(self.c0, eps=1e-5, momentum=m)
     layers, c = [], self.c0
     for i in range(ups - 1):
-      f = features * 2**(ups - 1 - i)
-      layers += [nn.Conv2d(c, 4 * f, 3, 1, 1, bias=False), nn.PixelShuffle(2),
-                 nn.BatchNorm2d(f, eps=1e-5, momentum=m), nn.ReLU()]
+      f = features * 2 ** (ups - 1 - i)
+      layers += [
+        nn.Conv2d(c, 4 * f, 3, 1, 1, bias=False),
+        nn.PixelShuffle(2),
+        nn.BatchNorm2d(f, eps=1e-5, momentum=m),
+        nn.ReLU(),
+      ]
       c = f
     layers += [nn.Conv2d(c, 4 * image_shape[-1], 3, 1, 1, bias=True), nn.PixelShuffle(2), nn.Tanh()]
     self.up = nn.Sequential(*layers)
@@ -268,8 +323,18 @@ class DCGANDiscriminator(nn.Module):
 
 
 class DCGAN(nn.Module):
-  def __init__(self, latents=100, g_features=32, d_features=64, d_dropout=0.0, num_classes=0,
-               bn_momentum=0.9, upsample='subpixel', image_shape=(28, 28, 1), **unused):
+  def __init__(
+    self,
+    latents=100,
+    g_features=32,
+    d_features=64,
+    d_dropout=0.0,
+    num_classes=0,
+    bn_momentum=0.9,
+    upsample='subpixel',
+    image_shape=(28, 28, 1),
+    **unused,
+  ):
     super().__init__()
     if num_classes or upsample != 'subpixel':
       raise NotImplementedError('the torch twin covers the unconditional sub-pixel DCGAN')
@@ -291,7 +356,7 @@ class ConvVAE(nn.Module):
   def __init__(self, latents=32, features=(32, 64), hidden=512, image_shape=(28, 28, 1), outputs=1):
     super().__init__()
     h, w, c = image_shape
-    down = 2**len(features)
+    down = 2 ** len(features)
     self.latents, self.low = latents, (features[-1], h // down, w // down)
     convs, cin = [], c
     for f in features:
@@ -359,7 +424,9 @@ def build(name: str, config, image_shape=(28, 28, 1)) -> nn.Module:
     kw.pop('conditioning', None)
     return DCGAN(image_shape=image_shape, **kw)
   if name == 'conv_vae':
-    return ConvVAE(image_shape=image_shape, outputs=2 if config.loss.likelihood == 'logistic' else 1, **kw)
+    return ConvVAE(
+      image_shape=image_shape, outputs=2 if config.loss.likelihood == 'logistic' else 1, **kw
+    )
   raise ValueError(f'unknown model {name!r}; use one of {NAMES}')
 
 
@@ -374,10 +441,17 @@ def forward_shapes(name: str, model: nn.Module, x: torch.Tensor) -> dict:
   nhwc = lambda t: tuple(t.permute(0, 2, 3, 1).shape)
   if name == 'dcgan':
     z = torch.zeros(x.shape[0], model.latents)
-    return {'generate': nhwc(model.generator(z)), 'discriminate': tuple(model.discriminator(x).shape)}
+    return {
+      'generate': nhwc(model.generator(z)),
+      'discriminate': tuple(model.discriminator(x).shape),
+    }
   if name == 'conv_vae':
     mean, logvar = model.encode(x)
-    return {'mean': tuple(mean.shape), 'logvar': tuple(logvar.shape), 'decode': nhwc(model.decode(mean))}
+    return {
+      'mean': tuple(mean.shape),
+      'logvar': tuple(logvar.shape),
+      'decode': nhwc(model.decode(mean)),
+    }
   return {'logits': tuple(model(x).shape)}
 
 
@@ -386,8 +460,10 @@ def forward_shapes(name: str, model: nn.Module, x: torch.Tensor) -> dict:
 
 def lr_table(optim_config, steps: int) -> np.ndarray:
   """jaxvision's learning-rate schedule (optax, from jaxvision/optim.py) as numbers per step."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from jaxvision import optim  # pylint: disable=g-import-not-at-top
+  import jax
+
+  from jaxvision import optim
+
   sched = optim.schedule(optim_config, steps)
   return np.asarray(jax.jit(jax.vmap(sched))(np.arange(steps + 1)), np.float64)
 
@@ -400,12 +476,20 @@ def make_optimizer(optim_config, params, lr: float) -> torch.optim.Optimizer:
   if c.name == 'adam':
     return torch.optim.Adam(params, lr=lr, betas=betas, eps=1e-8, **kw)
   if c.name == 'adamw':  # optax.adamw == torch AdamW: decoupled decay lr * wd * p on every param
-    return torch.optim.AdamW(params, lr=lr, betas=betas, eps=1e-8, weight_decay=float(c.weight_decay), **kw)
+    return torch.optim.AdamW(
+      params, lr=lr, betas=betas, eps=1e-8, weight_decay=float(c.weight_decay), **kw
+    )
   if c.name == 'sgd':  # optax: add_decayed_weights (coupled L2) before sgd
     return torch.optim.SGD(params, lr=lr, weight_decay=float(c.weight_decay), **kw)
   if c.name == 'momentum':
-    return torch.optim.SGD(params, lr=lr, momentum=float(c.momentum), nesterov=True,
-                           weight_decay=float(c.weight_decay), **kw)
+    return torch.optim.SGD(
+      params,
+      lr=lr,
+      momentum=float(c.momentum),
+      nesterov=True,
+      weight_decay=float(c.weight_decay),
+      **kw,
+    )
   raise ValueError(f'optim.name={c.name!r}')
 
 
@@ -432,6 +516,7 @@ def _classification_loss(model, opts):
     logits = model(x)
     loss = F.cross_entropy(logits, y, label_smoothing=opts['label_smoothing'])
     return loss, (logits.argmax(-1) == y).float().mean()
+
   return loss_fn
 
 
@@ -444,6 +529,7 @@ def _vae_loss(model, beta: float):
     recon = F.binary_cross_entropy_with_logits(out, xb, reduction='none').sum(dim=(1, 2, 3))
     kl = 0.5 * torch.sum(torch.exp(logvar) + mean**2 - 1.0 - logvar, dim=-1)
     return torch.mean(recon + beta * kl), torch.mean(recon + kl)
+
   return loss_fn
 
 
@@ -461,6 +547,7 @@ def _gan_losses(model):
   def g_loss_fn(n: int):
     fake = g(torch.randn(n, model.latents))
     return F.softplus(-d(fake)).mean()  # non-saturating -log D(G(z))
+
   return d_loss_fn, g_loss_fn
 
 
@@ -470,7 +557,7 @@ class TrainStep:
   forward + loss functions in torch.compile (backward compiled by AOTAutograd); optimizers run
   eagerly (fused kernels) either way."""
 
-  def __init__(self, name: str, config, model: nn.Module, compile: bool = False):  # pylint: disable=redefined-builtin
+  def __init__(self, name: str, config, model: nn.Module, compile: bool = False):
     self.name, self.model, self.step = name, model, 0
     model.train()
     self.lrs = lr_table(config.optim, int(config.train.steps))
@@ -489,14 +576,19 @@ class TrainStep:
         raise NotImplementedError('the torch DCGAN step covers bce, d_steps=1, constant lr')
     elif name == 'conv_vae':
       if config.loss.likelihood != 'bernoulli' or config.loss.kl_warmup_steps:
-        raise NotImplementedError('the torch VAE step covers the bernoulli likelihood, no KL warm-up')
+        raise NotImplementedError(
+          'the torch VAE step covers the bernoulli likelihood, no KL warm-up'
+        )
       self.loss = wrap(_vae_loss(model, float(config.loss.beta)))
       self.params = list(model.parameters())
       self.opt = make_optimizer(config.optim, self.params, float(self.lrs[0]))
     else:
-      opts = {'augment': config.data.augment, 'shift': int(config.data.shift),
-              'fill': -1.0 if config.data.scale == 'minus_one_one' else 0.0,
-              'label_smoothing': float(config.loss.label_smoothing)}
+      opts = {
+        'augment': config.data.augment,
+        'shift': int(config.data.shift),
+        'fill': -1.0 if config.data.scale == 'minus_one_one' else 0.0,
+        'label_smoothing': float(config.loss.label_smoothing),
+      }
       self.loss = wrap(_classification_loss(model, opts))
       self.params = list(model.parameters())
       self.opt = make_optimizer(config.optim, self.params, float(self.lrs[0]))
@@ -504,8 +596,11 @@ class TrainStep:
   def _update(self, opt, params, loss):
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    grad_norm = (torch.nn.utils.clip_grad_norm_(params, self.clip, foreach=True) if self.clip
-                 else torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params])))
+    grad_norm = (
+      torch.nn.utils.clip_grad_norm_(params, self.clip, foreach=True)
+      if self.clip
+      else torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+    )
     opt.step()
     return grad_norm
 
@@ -524,9 +619,13 @@ class TrainStep:
       g_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(gr) for gr in grads]))
       self.g_opt.step()
       with torch.no_grad():
-        torch._foreach_lerp_(self.ema, self.g_params, 1.0 - self.ema_decay)  # pylint: disable=protected-access
-      return {'loss': (d_loss + g_loss).detach(), 'd_grad_norm': d_norm, 'g_grad_norm': g_norm,
-              'd_real': torch.sigmoid(logits[:x.shape[0]]).mean().detach()}
+        torch._foreach_lerp_(self.ema, self.g_params, 1.0 - self.ema_decay)
+      return {
+        'loss': (d_loss + g_loss).detach(),
+        'd_grad_norm': d_norm,
+        'g_grad_norm': g_norm,
+        'd_real': torch.sigmoid(logits[: x.shape[0]]).mean().detach(),
+      }
     for group in self.opt.param_groups:
       group['lr'] = lr
     if self.name == 'conv_vae':

@@ -1,9 +1,10 @@
 """Self-attention classifier (the seed's design) over image patches or rows.
 
-  python run.py --config configs/attention.py                         # 4x4 patches of mnist10k
-  python run.py --config configs/attention.py --config.model.tokens=rows
-  python run.py --config configs/attention.py:smoke                   # a few steps, for tests
+python run.py --config configs/attention.py                         # 4x4 patches of mnist10k
+python run.py --config configs/attention.py --config.model.tokens=rows
+python run.py --config configs/attention.py:smoke                   # a few steps, for tests
 """
+
 import os
 
 import ml_collections
@@ -14,9 +15,19 @@ from jaxvision import config as config_lib
 def get_config(preset: str = ''):
   # The data (mnist10k, +-2 px shifts), AdamW and label smoothing of configs/cnn.py.
   c = config_lib.from_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'cnn.py'))
-  c.model = ml_collections.ConfigDict({
-      'name': 'attention', 'num_classes': 10, 'tokens': 'patches', 'patch': 4, 'dim': 128,
-      'layers': 1, 'pool_heads': 4, 'hidden': 256, 'dropout': 0.1})
+  c.model = ml_collections.ConfigDict(
+    {
+      'name': 'attention',
+      'num_classes': 10,
+      'tokens': 'patches',
+      'patch': 4,
+      'dim': 128,
+      'layers': 1,
+      'pool_heads': 4,
+      'hidden': 256,
+      'dropout': 0.1,
+    }
+  )
   c.optim.lr = 2e-3
   c.optim.warmup_frac = 0.2
   c.optim.weight_decay = 0.01

@@ -19,6 +19,7 @@ sees; `finetune` starts instead from the CNN trained on the 10,000 generated dig
 alone (configs/cas.py, whose accuracy is the generator's CAS) and trains it on the
 1,000 real ones: the synthetic data as pretraining.
 """
+
 import os
 
 from jaxvision import config as config_lib
@@ -26,9 +27,13 @@ from jaxvision import config as config_lib
 
 def get_config(preset: str = 'real'):
   if preset not in ('real', 'synthetic', 'finetune', 'smoke'):
-    raise ValueError(f'configs/augment.py has presets real, synthetic, finetune and smoke, not {preset!r}')
-  c = config_lib.from_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'cnn.py'),
-                           'smoke' if preset == 'smoke' else '')
+    raise ValueError(
+      f'configs/augment.py has presets real, synthetic, finetune and smoke, not {preset!r}'
+    )
+  c = config_lib.from_file(
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), 'cnn.py'),
+    'smoke' if preset == 'smoke' else '',
+  )
   c.data.per_class = 100  # 1,000 real training images
   if preset != 'smoke':
     c.train.steps = 800
@@ -39,5 +44,7 @@ def get_config(preset: str = 'real'):
   if preset == 'synthetic':
     c.data.synthetic.path = config_lib.required()  # the .npz of --mode sample
     c.data.synthetic.mode = 'add'
-    c.data.synthetic.real_fraction = 0.5  # 1,000 real x 10 + 10,000 generated: half of every batch real
+    c.data.synthetic.real_fraction = (
+      0.5  # 1,000 real x 10 + 10,000 generated: half of every batch real
+    )
   return c

@@ -6,13 +6,16 @@ digits and tested on the real test split; its eval/accuracy is the generator's C
   python run.py --config configs/cas.py --workdir runs/cas_cgan \
       --config.data.synthetic.path=runs/cgan/samples/step_4000.npz
 """
+
 import os
 
 from jaxvision import config as config_lib
 
 
 def get_config(preset: str = ''):
-  c = config_lib.from_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'cnn.py'), preset)
+  c = config_lib.from_file(
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), 'cnn.py'), preset
+  )
   c.data.synthetic.mode = 'only'
   c.data.synthetic.path = config_lib.required()  # the generator's samples .npz
   return c

@@ -6,6 +6,7 @@
 Everything else is configs/dcgan.py. The sample grid has one row per class
 (the same latent down each column).
 """
+
 import os
 
 from jaxvision import config as config_lib
@@ -14,7 +15,9 @@ from jaxvision import config as config_lib
 def get_config(preset: str = ''):
   if preset not in ('', 'smoke'):
     raise ValueError(f'configs/cgan.py has presets smoke, not {preset!r}')
-  c = config_lib.from_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'dcgan.py'), preset)
+  c = config_lib.from_file(
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), 'dcgan.py'), preset
+  )
   c.data.clusters = 0  # the labels
   c.model.num_classes = 10
   c.model.conditioning = 'projection'

@@ -1,16 +1,17 @@
 """Classic CNN (BatchNorm + Dropout variant) on digits.
 
-  python run.py --config configs/cnn.py            # full offline run on mnist10k
-  python run.py --config configs/cnn.py:smoke      # a few steps, for tests
-  python run.py --config configs/cnn.py:cifar10    # TFDS cifar10 (needs the prepared dataset)
-  python run.py --config configs/cnn.py:domain     # hidden 64: the feature net of FD/KID
+python run.py --config configs/cnn.py            # full offline run on mnist10k
+python run.py --config configs/cnn.py:smoke      # a few steps, for tests
+python run.py --config configs/cnn.py:cifar10    # TFDS cifar10 (needs the prepared dataset)
+python run.py --config configs/cnn.py:domain     # hidden 64: the feature net of FD/KID
 """
+
 from jaxvision import config as config_lib
+from jaxvision import tasks
 
 
 def get_config(preset: str = ''):
-  c = config_lib.base()
-  c.task = 'classification'
+  c = tasks.base_config('classification')
   c.model.name = 'cnn'
   c.model.variant = 'bn_dropout'
   c.model.conv_impl = 'im2col'

@@ -5,12 +5,14 @@
   python run.py --config configs/cnn_rnn.py --config.data.seq_len=3 \
       --config.model.input_shape='(3, 28, 28, 1)' --config.model.num_classes=28
 """
+
 from jaxvision import config as config_lib
+from jaxvision import tasks
+from jaxvision.data import sequences
 
 
 def get_config(preset: str = ''):
-  c = config_lib.base()
-  c.task = 'classification'
+  c = tasks.base_config('classification')
   c.model.name = 'cnn_rnn'
   c.model.num_classes = 37  # 9 * 4 + 1 possible sums
   c.model.input_shape = (4, 28, 28, 1)
@@ -22,7 +24,7 @@ def get_config(preset: str = ''):
   c.model.dropout = (0.25, 0.25)  # after the convs, on the frame features
 
   c.data.name = 'digit_sequences'
-  c.data.seq_len = 4
+  c.data.update(sequences.config())  # the keys of digit_sequences: seq_len (4), counts
   c.data.batch_size = 64  # sequences: 256 frames
   c.data.augment = 'shift'  # every frame shifted on its own
   c.data.shift = 2

@@ -6,6 +6,7 @@
 
 Everything else is configs/vae.py.
 """
+
 import os
 
 from jaxvision import config as config_lib
@@ -14,8 +15,10 @@ from jaxvision import config as config_lib
 def get_config(preset: str = ''):
   if preset not in ('', 'smoke', 'cifar10'):
     raise ValueError(f'configs/conv_vae.py has the presets smoke and cifar10, not {preset!r}')
-  c = config_lib.from_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'vae.py'),
-                           'smoke' if preset == 'smoke' else '')
+  c = config_lib.from_file(
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), 'vae.py'),
+    'smoke' if preset == 'smoke' else '',
+  )
   c.model.name = 'vae_conv'
   c.model.conv_impl = 'im2col'
   if preset == 'smoke':

@@ -10,6 +10,7 @@ and a row of the grid (one label, prior latents) shows whatever digits those
 latents encode; with 4 the label decides the digit and the latents the style
 (measured: README, Generation).
 """
+
 import os
 
 from jaxvision import config as config_lib
@@ -18,7 +19,9 @@ from jaxvision import config as config_lib
 def get_config(preset: str = ''):
   if preset not in ('', 'smoke'):
     raise ValueError(f'configs/cvae.py has the preset smoke, not {preset!r}')
-  c = config_lib.from_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'vae.py'), preset)
+  c = config_lib.from_file(
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), 'vae.py'), preset
+  )
   c.model.name = 'vae_cond'
   c.model.num_classes = 10
   c.model.latents = 4  # with 20 the code carries the class and the grid's rows are not legible

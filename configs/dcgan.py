@@ -14,12 +14,13 @@ stops at 22x the real-vs-real Frechet distance, this one at 2.5x (README.md).
 
 Sample grids from fixed latents go to WORKDIR/samples at every eval.
 """
+
 from jaxvision import config as config_lib
+from jaxvision import tasks
 
 
 def get_config(preset: str = ''):
-  c = config_lib.base()
-  c.task = 'gan'
+  c = tasks.base_config('gan')
   c.model.name = 'dcgan'
   c.model.latents = 100
   c.model.g_features = 32  # 7x7x128 -> 14x14x64 -> 28x28x1
@@ -33,7 +34,9 @@ def get_config(preset: str = ''):
 
   c.data.name = 'mnist10k'
   c.data.scale = 'minus_one_one'
-  c.data.clusters = 30  # pseudo-labels for a self-conditioned GAN; 0 (and model.num_classes=0): plain
+  c.data.clusters = (
+    30  # pseudo-labels for a self-conditioned GAN; 0 (and model.num_classes=0): plain
+  )
   c.data.batch_size = 32
   c.data.eval_batch_size = 500
 
@@ -56,7 +59,12 @@ def get_config(preset: str = ''):
   c.train.eval_every = 5000  # each eval's FD/KID on 8,000 samples costs ~40 s here
   c.train.ckpt_every = 5000
 
-  if preset in ('smoke', 'cifar10', 'celeb_a', 'plain'):  # clusters of pixels are for digits; tests: plain
+  if preset in (
+    'smoke',
+    'cifar10',
+    'celeb_a',
+    'plain',
+  ):  # clusters of pixels are for digits; tests: plain
     c.data.clusters = c.model.num_classes = 0
   if preset == 'plain':  # the earlier default: 8,000 steps of 64
     c.data.batch_size = 64
@@ -87,5 +95,7 @@ def get_config(preset: str = ''):
     c.train.eval_every = 2542
     c.train.ckpt_every = 2542
   elif preset:
-    raise ValueError(f'configs/dcgan.py has presets plain, smoke, cifar10 and celeb_a, not {preset!r}')
+    raise ValueError(
+      f'configs/dcgan.py has presets plain, smoke, cifar10 and celeb_a, not {preset!r}'
+    )
   return c

@@ -6,6 +6,7 @@ with LeakyReLU 0.2 and dropout 0.3): BCE, Adam 2e-4 (b1 = 0.5), one optimizer ea
 
 The data, optimizer and metrics are those of configs/dcgan.py.
 """
+
 import os
 
 import ml_collections
@@ -16,11 +17,20 @@ from jaxvision import config as config_lib
 def get_config(preset: str = ''):
   if preset not in ('', 'smoke'):
     raise ValueError(f'configs/gan.py has presets smoke, not {preset!r}')
-  c = config_lib.from_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'dcgan.py'), preset)
+  c = config_lib.from_file(
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), 'dcgan.py'), preset
+  )
   c.data.clusters = 0
-  c.model = ml_collections.ConfigDict({
-      'name': 'gan_mlp', 'latents': 100, 'g_hidden': (256, 512, 1024), 'd_hidden': (1024, 512, 256),
-      'd_dropout': 0.3, 'num_classes': 0})
+  c.model = ml_collections.ConfigDict(
+    {
+      'name': 'gan_mlp',
+      'latents': 100,
+      'g_hidden': (256, 512, 1024),
+      'd_hidden': (1024, 512, 256),
+      'd_dropout': 0.3,
+      'num_classes': 0,
+    }
+  )
   if preset == 'smoke':
     c.model.update(latents=16, g_hidden=(32,), d_hidden=(32,))
     return c

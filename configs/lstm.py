@@ -1,24 +1,34 @@
 """LSTM classifier: images read as sequences of rows (offline default) or token sequences.
 
-  python run.py --config configs/lstm.py            # 28 rows of 28 pixels, mnist10k
-  python run.py --config configs/lstm.py:smoke      # a few steps, for tests
-  python run.py --config configs/lstm.py:imdb       # TFDS imdb_reviews as word tokens (prepare it first)
+python run.py --config configs/lstm.py            # 28 rows of 28 pixels, mnist10k
+python run.py --config configs/lstm.py:smoke      # a few steps, for tests
+python run.py --config configs/lstm.py:imdb       # TFDS imdb_reviews as word tokens (prepared)
 """
+
 import os
 
 import ml_collections
 
 from jaxvision import config as config_lib
+from jaxvision.data import text
 
 
 def get_config(preset: str = ''):
   # The data (mnist10k, +-2 px shifts), AdamW and label smoothing of configs/cnn.py.
   c = config_lib.from_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'cnn.py'))
-  c.model = ml_collections.ConfigDict({
-      'name': 'lstm', 'num_classes': 10,
+  c.model = ml_collections.ConfigDict(
+    {
+      'name': 'lstm',
+      'num_classes': 10,
       'input_shape': (28, 28, 1),  # 28 time steps of 28 pixels
-      'hidden': 128, 'layers': 2, 'bidirectional': True,
-      'vocab_size': 0, 'embed_dim': 128, 'dropout': 0.1})
+      'hidden': 128,
+      'layers': 2,
+      'bidirectional': True,
+      'vocab_size': 0,
+      'embed_dim': 128,
+      'dropout': 0.1,
+    }
+  )
   c.optim.warmup_frac = 0.2
   c.optim.grad_clip = 1.0
   c.train.steps = 2500  # 40 epochs of the 8,000 training images
@@ -31,8 +41,7 @@ def get_config(preset: str = ''):
     c.model.layers = 1
   elif preset == 'imdb':  # sentiment of movie reviews: 256 word tokens, bidirectional LSTM
     c.data.name = 'imdb_reviews'
-    c.data.max_len = 256
-    c.data.vocab_size = 20000
+    c.data.update(text.config())  # 256 word tokens, a vocabulary of 20,000
     c.data.augment = 'none'
     c.model.num_classes = 2
     c.model.input_shape = (256,)

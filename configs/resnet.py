@@ -8,6 +8,7 @@
 cifar10 and imagenet2012 must be prepared in the TFDS data dir first (they
 cannot be downloaded here; imagenet2012 needs its manual files).
 """
+
 import os
 
 import ml_collections
@@ -18,10 +19,18 @@ from jaxvision import config as config_lib
 def get_config(preset: str = ''):
   # The data, optimizer and schedule of configs/cnn.py; only the model (and weight decay) differ.
   c = config_lib.from_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'cnn.py'))
-  c.model = ml_collections.ConfigDict({
-      'name': 'resnet', 'num_classes': 10,
+  c.model = ml_collections.ConfigDict(
+    {
+      'name': 'resnet',
+      'num_classes': 10,
       'stage_sizes': (3, 3, 3),  # ResNet-20: 6n + 2 layers with n = 3
-      'block': 'basic', 'width': 16, 'stem': 'cifar', 'conv_impl': 'xla', 'bn_momentum': 0.9})
+      'block': 'basic',
+      'width': 16,
+      'stem': 'cifar',
+      'conv_impl': 'xla',
+      'bn_momentum': 0.9,
+    }
+  )
   c.optim.weight_decay = 5e-4
   # XLA:CPU's own convolutions instead of YNNPACK's: 1.21x on this step (benchmarks/README.md,
   # quiet rerun; 1.23x in the first run);

@@ -12,6 +12,7 @@ The few-label presets train on the first 100 train images of each of the digits 
 The head (Dense_1) is re-initialised: its pretrained rows for 5-9 were only ever
 pushed down. `finetune_frozen` also freezes the conv layers and their BatchNorms.
 """
+
 import os
 
 from jaxvision import config as config_lib
@@ -21,8 +22,10 @@ def get_config(preset: str = 'pretrain'):
   presets = ('pretrain', 'finetune', 'finetune_frozen', 'scratch', 'smoke')
   if preset not in presets:
     raise ValueError(f'configs/transfer.py has presets {", ".join(presets)}, not {preset!r}')
-  c = config_lib.from_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'cnn.py'),
-                           'smoke' if preset == 'smoke' else '')
+  c = config_lib.from_file(
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), 'cnn.py'),
+    'smoke' if preset == 'smoke' else '',
+  )
   if preset in ('pretrain', 'smoke'):
     c.data.classes = (0, 1, 2, 3, 4)
     if preset == 'pretrain':

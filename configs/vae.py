@@ -7,12 +7,13 @@ Reports eval/neg_elbo, eval/recon, eval/kl every eval and eval/nll_iwae
 (k = eval.iwae_k importance samples) at the final eval; sample grids go to
 WORKDIR/samples.
 """
+
 from jaxvision import config as config_lib
+from jaxvision import tasks
 
 
 def get_config(preset: str = ''):
-  c = config_lib.base()
-  c.task = 'vae'
+  c = tasks.base_config('vae')
   c.model.name = 'vae_mlp'
   c.model.latents = 20
   c.model.hidden = 500

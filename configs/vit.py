@@ -1,9 +1,10 @@
 """Vision Transformer.
 
-  python run.py --config configs/vit.py            # ViT-tiny/7 (7x7 patches) on mnist10k, offline
-  python run.py --config configs/vit.py:smoke      # a few steps, for tests
-  python run.py --config configs/vit.py:cifar10    # ViT-S/4 on TFDS cifar10 (needs the prepared dataset)
+python run.py --config configs/vit.py            # ViT-tiny/7 (7x7 patches) on mnist10k, offline
+python run.py --config configs/vit.py:smoke      # a few steps, for tests
+python run.py --config configs/vit.py:cifar10    # ViT-S/4 on TFDS cifar10 (prepared first)
 """
+
 import os
 
 import ml_collections
@@ -14,10 +15,19 @@ from jaxvision import config as config_lib
 def get_config(preset: str = ''):
   # The data (mnist10k, +-2 px shifts), AdamW and label smoothing of configs/cnn.py.
   c = config_lib.from_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'cnn.py'))
-  c.model = ml_collections.ConfigDict({
-      'name': 'vit', 'num_classes': 10,
+  c.model = ml_collections.ConfigDict(
+    {
+      'name': 'vit',
+      'num_classes': 10,
       'patch': 7,  # 28x28 -> 16 patches (+ the class token)
-      'dim': 96, 'depth': 6, 'heads': 4, 'mlp_dim': 192, 'dropout': 0.0, 'pool': 'cls'})
+      'dim': 96,
+      'depth': 6,
+      'heads': 4,
+      'mlp_dim': 192,
+      'dropout': 0.0,
+      'pool': 'cls',
+    }
+  )
   c.optim.lr = 1e-3
   c.optim.schedule = 'warmup_cosine'
   c.optim.warmup_frac = 0.05

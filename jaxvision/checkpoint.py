@@ -18,6 +18,7 @@ Nothing in a checkpoint directory is ever deleted by a failure:
   temporary directory and renames it when complete, so the steps saved before
   stay intact.
 """
+
 import contextlib
 import gc
 import hashlib
@@ -25,20 +26,20 @@ import logging
 import os
 import sys
 
-from absl import logging as absl_logging
-from etils import epath
 import grain
 import jax
-from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
+from etils import epath
+from jax.experimental import multihost_utils
 
 from jaxvision.errors import SaveError, WorkdirError
 
 log = logging.getLogger(__name__)
 
 # Orbax writes each replicated array in slices, one per replica, and compiles a slicing program
-# for every array shape at the first save: ~70 programs, 3-4 s, for a small model on 8 CPU
+# for every array shape at the first save, which costs seconds for a small model on several CPU
 # devices. Arrays whose slices would be under 1 MiB are written whole by one replica instead;
 # larger ones are still written in parallel.
 MIN_SLICE_BYTES_FOR_REPLICA_PARALLEL = 1 << 20
@@ -77,10 +78,15 @@ def _short(e: BaseException) -> str:
 
 
 def _register_array_handler() -> None:
+  """jax.Array checkpoints with `MIN_SLICE_BYTES_FOR_REPLICA_PARALLEL`."""
   with _quiet():
     ocp.type_handlers.register_type_handler(
-        jax.Array, ocp.type_handlers.ArrayHandler(
-            min_slice_bytes_for_replica_parallel=MIN_SLICE_BYTES_FOR_REPLICA_PARALLEL), override=True)
+      jax.Array,
+      ocp.type_handlers.ArrayHandler(
+        min_slice_bytes_for_replica_parallel=MIN_SLICE_BYTES_FOR_REPLICA_PARALLEL
+      ),
+      override=True,
+    )
 
 
 _register_array_handler()
@@ -99,7 +105,14 @@ def _os_error(e: BaseException) -> OSError | None:
 
 def params_sha256(params) -> str:
   """Bitwise fingerprint of a params PyTree (names, dtypes, shapes and bytes); a collective when
-  the params are sharded over several processes (every process must call it)."""
+  the params are sharded over several processes (every process must call it).
+
+  Args:
+    params: a PyTree of arrays.
+
+  Returns:
+    The sha256 hex digest.
+  """
   h = hashlib.sha256()
   if not all(getattr(x, 'is_fully_addressable', True) for x in jax.tree_util.tree_leaves(params)):
     params = multihost_utils.process_allgather(params, tiled=True)
@@ -111,6 +124,7 @@ def params_sha256(params) -> str:
 
 
 def _key_name(key) -> str:
+  """One entry of a PyTree path (dict key, attribute or index) as a string."""
   for attr in ('key', 'name', 'idx'):
     if hasattr(key, attr):
       return str(getattr(key, attr))
@@ -119,18 +133,31 @@ def _key_name(key) -> str:
 
 def leaf_specs(tree) -> dict[str, tuple]:
   """{'params/Conv_0/kernel': (shape, dtype name)} for every array leaf of a state, an abstract
-  state or Orbax's metadata tree of one (their paths name the same leaves)."""
-  return {'/'.join(_key_name(k) for k in path): (tuple(leaf.shape), str(leaf.dtype))
-          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  state or Orbax's metadata tree of one (their paths name the same leaves).
+
+  Args:
+    tree: a PyTree whose leaves have `shape` and `dtype`.
+
+  Returns:
+    {'/'-joined path: (shape tuple, dtype name)}.
+  """
+  return {
+    '/'.join(_key_name(k) for k in path): (tuple(leaf.shape), str(leaf.dtype))
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+  }
 
 
 def _mismatch(saved: dict, wanted: dict) -> str | None:
   """A short description of how two leaf_specs differ, or None if they are the same."""
   missing, extra = sorted(set(wanted) - set(saved)), sorted(set(saved) - set(wanted))
-  changed = sorted((k for k in set(saved) & set(wanted) if saved[k] != wanted[k]),
-                   key=lambda k: (not k.startswith('params/'), k))  # parameters first
-  parts = [f'{k} is {saved[k][1]}{list(saved[k][0])} there, {wanted[k][1]}{list(wanted[k][0])} here'
-           for k in changed[:2]]
+  changed = sorted(
+    (k for k in set(saved) & set(wanted) if saved[k] != wanted[k]),
+    key=lambda k: (not k.startswith('params/'), k),
+  )  # parameters first
+  parts = [
+    f'{k} is {saved[k][1]}{list(saved[k][0])} there, {wanted[k][1]}{list(wanted[k][0])} here'
+    for k in changed[:2]
+  ]
   if missing:
     parts.append(f'{len(missing)} arrays of this model are not there ({missing[0]}, ...)')
   if extra:
@@ -140,15 +167,31 @@ def _mismatch(saved: dict, wanted: dict) -> str | None:
 
 def steps_in(directory: str) -> list[int]:
   """The committed checkpoint steps in `directory`, oldest first ([] if it does not exist). It
-  reads the directory only: no collective, no write, so any process may call it at any time."""
+  reads the directory only: no collective, no write, so any process may call it at any time.
+
+  Args:
+    directory: a checkpoint directory (WORKDIR/checkpoints).
+
+  Returns:
+    The step numbers, ascending.
+  """
   if not epath.Path(directory).is_dir():
     return []
   return sorted(ocp.utils.checkpoint_steps(directory))
 
 
 def check_fits(directory: str, abstract_state, workdir: str) -> None:
-  """Raises WorkdirError (one line, before any compute) if the checkpoints in `directory` hold
-  arrays that do not fit `abstract_state`, from the newest step whose metadata can be read."""
+  """Checks, before any compute, that the checkpoints in `directory` fit the state, from the
+  newest step whose metadata can be read (none readable: nothing to check).
+
+  Args:
+    directory: the checkpoint directory.
+    abstract_state: the state's shapes and dtypes (`jax.eval_shape` of the task's init).
+    workdir: the workdir, named in the message's fix.
+
+  Raises:
+    WorkdirError: (one line) the checkpoints hold arrays of other names, shapes or dtypes.
+  """
   steps = steps_in(directory)
   for step in steps[::-1]:
     try:
@@ -157,14 +200,15 @@ def check_fits(directory: str, abstract_state, workdir: str) -> None:
       if saved.item_metadata is None:  # Orbax could not read its arrays' metadata
         continue
       saved = leaf_specs(saved.item_metadata)
-    except Exception:  # pylint: disable=broad-except
+    except Exception:
       continue  # unreadable: Checkpointer.restore skips it
     difference = _mismatch(saved, leaf_specs(abstract_state))
     if difference:
       raise WorkdirError(
-          f'the checkpoints in {directory} (steps {", ".join(map(str, steps))}) do not fit this '
-          f'config: {difference}; train into another --workdir, or start the changed model from '
-          f'their weights with --workdir NEW --config.init_from.path={workdir}')
+        f'the checkpoints in {directory} (steps {", ".join(map(str, steps))}) do not fit this '
+        f'config: {difference}; train into another --workdir, or start the changed model from '
+        f'their weights with --workdir NEW --config.init_from.path={workdir}'
+      )
     return
 
 
@@ -172,28 +216,55 @@ class Checkpointer:
   """Saves and restores (state, data position) steps in one directory."""
 
   def __init__(self, directory: str, keep: int, read_only: bool = False):
+    """Opens (or creates) the directory.
+
+    Args:
+      directory: the checkpoint directory (WORKDIR/checkpoints).
+      keep: the newest steps kept; older ones are deleted as new ones are saved.
+      read_only: never write (the modes that only read a checkpoint).
+
+    Raises:
+      SaveError: the directory cannot be created (an OS error).
+    """
     self.directory = directory
     with self._os_errors(None), _quiet():
-      options = (ocp.CheckpointManagerOptions(read_only=True) if read_only else
-                 ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                              enable_async_checkpointing=True))
+      options = (
+        ocp.CheckpointManagerOptions(read_only=True)
+        if read_only
+        else ocp.CheckpointManagerOptions(
+          max_to_keep=keep, create=True, enable_async_checkpointing=True
+        )
+      )
       self._manager = ocp.CheckpointManager(directory, options=options)
 
   def latest_step(self) -> int | None:
+    """The newest saved step, or None."""
     return self._manager.latest_step()
 
   def all_steps(self) -> list[int]:
+    """The saved steps, ascending."""
     return sorted(self._manager.all_steps())
 
   def save(self, step: int, state, data_iterator=None) -> None:
+    """Starts an asynchronous save of `step`; `wait` blocks until it is written.
+
+    Args:
+      step: the step number.
+      state: the state PyTree (sharded arrays).
+      data_iterator: the grain iterator whose position is saved with it, or None.
+
+    Raises:
+      SaveError: the write failed on an OS error (the steps saved before are intact).
+    """
     items = {'state': ocp.args.StandardSave(state)}
     if data_iterator is not None:
       items['data'] = grain.checkpoint.CheckpointSave(data_iterator)
     with self._os_errors(step):
       self._manager.save(step, args=ocp.args.Composite(**items), force=True)
 
-  def restore(self, state_template, data_iterator=None, move_unreadable: bool = False,
-              step: int | None = None):
+  def restore(
+    self, state_template, data_iterator=None, move_unreadable: bool = False, step: int | None = None
+  ):
     """Restores the newest readable step into the template's shapes and shardings.
 
     Args:
@@ -210,31 +281,38 @@ class Checkpointer:
       WorkdirError: there are checkpoints, but none can be read.
     """
     abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state_template)
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state_template
+    )
     if step is not None:
       items = {'state': ocp.args.StandardRestore(abstract)}
       if data_iterator is not None:
         items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
       return step, self._manager.restore(step, args=ocp.args.Composite(**items))['state']
     failed = []
-    for step in self.all_steps()[::-1]:  # pylint: disable=redefined-argument-from-local
+    for step in self.all_steps()[::-1]:
       items = {'state': ocp.args.StandardRestore(abstract)}
       if data_iterator is not None:
         items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
       try:
         with _reads_that_may_fail():
           restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-      except Exception as e:  # pylint: disable=broad-except
-        log.warning('checkpoint step %d in %s cannot be read (%s); trying the previous one',
-                    step, self.directory, _short(e))
+      except Exception as e:
+        log.warning(
+          'checkpoint step %d in %s cannot be read (%s); trying the previous one',
+          step,
+          self.directory,
+          _short(e),
+        )
         failed.append((step, _short(e)))
         continue
       if failed and move_unreadable:
         self._move_aside([s for s, _ in failed])
       return step, restored['state']
     if failed:
-      raise WorkdirError(f'no checkpoint in {self.directory} can be read (step {failed[0][0]}: '
-                         f'{failed[0][1]}); nothing was changed: train into another --workdir')
+      raise WorkdirError(
+        f'no checkpoint in {self.directory} can be read (step {failed[0][0]}: '
+        f'{failed[0][1]}); nothing was changed: train into another --workdir'
+      )
     return None, state_template
 
   def _move_aside(self, steps: list[int]) -> None:
@@ -254,23 +332,28 @@ class Checkpointer:
     self._manager.reload()
 
   def wait(self) -> None:
+    """Blocks until every started save is written; SaveError if a background write failed."""
     with self._os_errors(None):
       self._manager.wait_until_finished()
 
   @contextlib.contextmanager
   def _os_errors(self, step: int | None):
+    """An exception caused by an OSError becomes a one-line SaveError naming the intact steps."""
     try:
       yield
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
       cause = _os_error(e)
       if cause is None:
         raise
       manager = getattr(self, '_manager', None)
       good = [s for s in (self.all_steps() if manager else []) if step is None or s < step]
       kept = f'steps {good} are intact' if good else 'no earlier checkpoint exists'
-      raise SaveError(f'could not write a checkpoint{"" if step is None else f" of step {step}"} in '
-                      f'{self.directory}: {type(cause).__name__}: {cause}; free disk space '
-                      f'or fix the workdir permissions, then run the same command again ({kept})') from e
+      raise SaveError(
+        f'could not write a checkpoint{"" if step is None else f" of step {step}"} in '
+        f'{self.directory}: {type(cause).__name__}: {cause}; free disk space '
+        f'or fix the workdir permissions, then run the same command again ({kept})'
+      ) from e
 
   def close(self) -> None:
+    """Waits for pending saves and releases the manager."""
     self._manager.close()

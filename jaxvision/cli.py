@@ -5,6 +5,7 @@ Whatever happens, the terminal gets one line and the process a documented exit c
 that could not be written 4, Ctrl-C 130 and SIGTERM 143 after saving the step they arrived in,
 and anything unexpected 1, with its traceback in WORKDIR/error.log.
 """
+
 import datetime
 import glob
 import importlib.util
@@ -14,21 +15,32 @@ import sys
 import tempfile
 import traceback
 
+import jax
 from absl import flags, logging
 from etils import epath
+from ml_collections import config_flags
 
-from jaxvision import errors
+from jaxvision import errors, modes, train
+from jaxvision import workdir as workdir_lib
 
 MODES = ('train', 'eval', 'sample', 'explain')
 
 
 def _fail(message: str) -> None:
+  """Prints `error: message` and exits with the bad-input code (2)."""
   print(f'error: {message}', file=sys.stderr)
   sys.exit(errors.EXIT_BAD_INPUT)
 
 
 def config_arg_of(argv) -> str | None:
-  """The value of --config in argv (either spelling), or None."""
+  """The value of --config in argv (either spelling), or None.
+
+  Args:
+    argv: the command line, sys.argv style.
+
+  Returns:
+    'path.py[:preset]', or None when there is no --config.
+  """
   for i, arg in enumerate(argv):
     if arg.startswith('--config='):
       return arg.split('=', 1)[1]
@@ -38,7 +50,14 @@ def config_arg_of(argv) -> str | None:
 
 
 def load_config_file(config_arg: str):
-  """get_config(preset) of 'path.py[:preset]', or a one-line reason why it cannot be had."""
+  """get_config(preset) of 'path.py[:preset]', or a one-line reason why it cannot be had.
+
+  Args:
+    config_arg: the --config value.
+
+  Returns:
+    (config, None), or (None, a one-line reason: no such file, or the error the file raised).
+  """
   path, _, preset = config_arg.partition(':')
   if not os.path.isfile(path):
     where = os.path.dirname(path) or '.'
@@ -50,30 +69,47 @@ def load_config_file(config_arg: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return (module.get_config(preset) if preset else module.get_config()), None
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     first = (str(e).strip().splitlines() or [''])[0]
     return None, f'--config {config_arg}: {type(e).__name__}: {first}'
 
 
 def unknown_override(argv, config) -> str | None:
-  """The first --config.a.b=... whose key does not exist, with its siblings."""
+  """The first --config.a.b=... whose key does not exist, with its siblings.
+
+  Args:
+    argv: the command line.
+    config: the config the overrides apply to.
+
+  Returns:
+    A one-line message naming the unknown key and the keys at its level, or None.
+  """
   for arg in argv[1:]:
     if not arg.startswith('--config.'):
       continue
-    path = arg[len('--config.'):].split('=', 1)[0].split('.')
+    path = arg[len('--config.') :].split('=', 1)[0].split('.')
     node = config
     for i, part in enumerate(path):
       keys = list(node.keys()) if hasattr(node, 'keys') else []
       if part not in keys:
         where = '.'.join(path[:i]) or 'the top level'
-        return (f'--config.{".".join(path)}: unknown config key {part!r}; keys at {where}: '
-                f'{", ".join(sorted(keys))}')
+        return (
+          f'--config.{".".join(path)}: unknown config key {part!r}; keys at {where}: '
+          f'{", ".join(sorted(keys))}'
+        )
       node = node[part]
   return None
 
 
 def parse_flags(argv):
-  """absl flag parsing whose errors are one line on stderr and exit code 2."""
+  """absl flag parsing whose errors are one line on stderr and exit code 2.
+
+  Args:
+    argv: the command line.
+
+  Returns:
+    The arguments absl leaves ([program name] when there are no stray ones).
+  """
   config_arg = config_arg_of(argv)
   config = None
   if config_arg:
@@ -88,38 +124,56 @@ def parse_flags(argv):
       message = unknown_override(argv, config) or message
     _fail(message.replace('flag --config.', '--config.'))
   if len(rest) > 1:
-    _fail(f'unexpected argument {rest[1]!r}; flags look like --config.train.steps=100 '
-          f'(run.py --help lists them)')
+    _fail(
+      f'unexpected argument {rest[1]!r}; flags look like --config.train.steps=100 '
+      f'(run.py --help lists them)'
+    )
   return rest
 
 
 def _cluster_environment() -> bool:
   """A multi-process job whose environment jax.distributed can read: a SLURM job of several tasks
   or a TPU pod slice of several hosts."""
-  return (int(os.environ.get('SLURM_NTASKS', '1') or 1) > 1
-          or ',' in os.environ.get('TPU_WORKER_HOSTNAMES', ''))
+  return int(os.environ.get('SLURM_NTASKS', '1') or 1) > 1 or ',' in os.environ.get(
+    'TPU_WORKER_HOSTNAMES', ''
+  )
 
 
-def init_distributed(coordinator_address: str | None, num_processes: int | None,
-                     process_id: int | None) -> None:
+def init_distributed(
+  coordinator_address: str | None, num_processes: int | None, process_id: int | None
+) -> None:
   """jax.distributed.initialize, before any other JAX call, when this is one process of many: the
-  three flags together, or a cluster environment. A single-process run does nothing."""
+  three flags together, or a cluster environment. A single-process run does nothing. Exits
+  with code 2 when only some of the three flags are given or process_id is out of range.
+
+  Args:
+    coordinator_address: --coordinator_address, or None.
+    num_processes: --num_processes, or None.
+    process_id: --process_id, or None.
+  """
   given = [v is not None for v in (coordinator_address, num_processes, process_id)]
   if any(given) and not all(given):
-    _fail('--coordinator_address, --num_processes and --process_id go together: give all three '
-          '(or none in a SLURM job or on a TPU pod slice)')
+    _fail(
+      '--coordinator_address, --num_processes and --process_id go together: give all three '
+      '(or none in a SLURM job or on a TPU pod slice)'
+    )
   if not (all(given) or _cluster_environment()):
     return
   if all(given) and not 0 <= process_id < num_processes:
     _fail(f'--process_id={process_id} must be in [0, --num_processes={num_processes})')
-  import jax  # pylint: disable=g-import-not-at-top  # not before the flags are known to be valid
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')  # CPU devices across processes
   jax.distributed.initialize(coordinator_address, num_processes, process_id)
 
 
 def config_name(config_flag) -> str:
-  """'configs/cnn.py:smoke' -> 'cnn_smoke' (the default workdir is runs/<this>)."""
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  """'configs/cnn.py:smoke' -> 'cnn_smoke' (the default workdir is runs/<this>).
+
+  Args:
+    config_flag: the --config flag holder.
+
+  Returns:
+    The config file's stem, with '_<preset>' when a preset is given.
+  """
   path = config_flags.get_config_filename(config_flag)
   stem, _, preset = path.partition(':')
   name = os.path.splitext(os.path.basename(stem))[0]
@@ -129,8 +183,10 @@ def config_name(config_flag) -> str:
 def _traceback_file(workdir: str | None) -> str:
   """Writes the current exception's traceback to WORKDIR/error.log (appended, with the time and
   command), or to a temporary file when the workdir cannot take it; returns where it went."""
-  text = (f'--- {datetime.datetime.now().isoformat(timespec="seconds")} {" ".join(sys.argv)}\n'
-          f'{traceback.format_exc()}\n')
+  text = (
+    f'--- {datetime.datetime.now().isoformat(timespec="seconds")} {" ".join(sys.argv)}\n'
+    f'{traceback.format_exc()}\n'
+  )
   if workdir:
     try:
       path = epath.Path(workdir)
@@ -139,7 +195,7 @@ def _traceback_file(workdir: str | None) -> str:
       with log.open('a') as f:
         f.write(text)
       return os.fspath(log)
-    except Exception:  # pylint: disable=broad-except
+    except Exception:
       pass
   fd, log = tempfile.mkstemp(prefix='jaxvision-error-', suffix='.log')
   with os.fdopen(fd, 'w') as f:
@@ -148,11 +204,24 @@ def _traceback_file(workdir: str | None) -> str:
 
 
 def _one_line(e: BaseException) -> str:
+  """The first line of an exception's message (500 characters at most), or its type's name."""
   return ((str(e).strip().splitlines() or [''])[0][:500]) or type(e).__name__
 
 
 def run(config, workdir: str, mode: str) -> int:
-  """Runs `mode` on `workdir` (as typed: resolved here, once); returns the exit code."""
+  """Runs `mode` on `workdir` (as typed: resolved here, once); returns the exit code.
+
+  Every exception ends as one line on stderr: a `jaxvision.errors.Error` with its own exit code,
+  Ctrl-C with 130, anything else with 1 and its traceback in WORKDIR/error.log.
+
+  Args:
+    config: the experiment config.
+    workdir: --workdir as typed.
+    mode: one of `MODES`.
+
+  Returns:
+    The process's exit code: 0 after printing the metrics as 'key=value' on stdout.
+  """
   if not flags.FLAGS['verbosity'].present:  # orbax's INFO chatter off; --verbosity=0 brings it back
     logging.set_verbosity(logging.WARNING)
   # Reading an unreadable checkpoint step leaves Orbax's asyncio tasks with errors that asyncio
@@ -160,18 +229,14 @@ def run(config, workdir: str, mode: str) -> int:
   std_logging.getLogger('asyncio').setLevel(std_logging.CRITICAL)
   resolved = None
   try:
-    # imported here, not at the top: flag errors answer at once, not after ~3 s of imports
-    from jaxvision import train, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
     resolved = workdir_lib.resolve(workdir)
-    if mode == 'train':
-      metrics = train.train_and_evaluate(config, resolved)
-    elif mode == 'sample':
-      metrics = train.sample(config, resolved)
-    elif mode == 'explain':
-      from jaxvision.evaluate import explain  # pylint: disable=g-import-not-at-top
-      metrics = explain.explain(config, resolved)
-    else:
-      metrics = train.evaluate(config, resolved)
+    run_mode = {
+      'train': train.train_and_evaluate,
+      'eval': modes.evaluate,
+      'sample': modes.sample,
+      'explain': modes.explain,
+    }[mode]
+    metrics = run_mode(config, resolved)
   except errors.Preempted as e:
     print(_one_line(e), file=sys.stderr)
     return e.exit_code
@@ -179,13 +244,19 @@ def run(config, workdir: str, mode: str) -> int:
     print(f'error: {_one_line(e)}', file=sys.stderr)
     return e.exit_code
   except KeyboardInterrupt:
-    print('error: interrupted by Ctrl-C; the checkpoints saved before are intact: run the same '
-          'command again to resume from the last one', file=sys.stderr)
+    print(
+      'error: interrupted by Ctrl-C; the checkpoints saved before are intact: run the same '
+      'command again to resume from the last one',
+      file=sys.stderr,
+    )
     return errors.EXIT_INTERRUPTED
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     log = _traceback_file(resolved)
-    print(f'error: {type(e).__name__}: {_one_line(e)} (the full traceback is in {log})',
-          file=sys.stderr)
+    print(
+      f'error: {type(e).__name__}: {_one_line(e)} (the full traceback is in {log})', file=sys.stderr
+    )
     return errors.EXIT_UNEXPECTED
-  print(' '.join(f'{k}={v:.6g}' if isinstance(v, float) else f'{k}={v}' for k, v in metrics.items()))
+  print(
+    ' '.join(f'{k}={v:.6g}' if isinstance(v, float) else f'{k}={v}' for k, v in metrics.items())
+  )
   return 0

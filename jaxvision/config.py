@@ -1,10 +1,13 @@
-"""Shared config keys, defaults and validation.
+"""The config keys every run shares, their defaults, and their validation.
 
-Every experiment config (`configs/*.py`) starts from `base()` and changes what
-it needs, so commands and tests can rely on the same keys everywhere. The
-config is validated by `validate()` before any compute: a bad value raises
-`ConfigError` with one line naming the key and what is allowed.
+Every experiment config (`configs/*.py`) starts from `tasks.base_config(task)`:
+`base()` below, plus the keys its task owns (e.g. `loss.*` of the VAE,
+`gan.*`), and changes what it needs. `validate()` checks the shared keys
+before any compute: a bad value raises `ConfigError` with one line naming the
+key and what is allowed. Each task checks its own keys (`tasks.validate`).
 """
+
+import importlib.util
 import math
 
 import ml_collections
@@ -15,11 +18,14 @@ OPTIMIZERS = ('adam', 'adamw', 'sgd', 'momentum')
 SCHEDULES = ('constant', 'cosine', 'warmup_cosine', 'onecycle')
 SCALES = ('zero_one', 'minus_one_one', 'imagenet')
 AUGMENTS = ('none', 'shift', 'crop_flip', 'inception_crop')
-MODES = ('train', 'eval', 'sample', 'explain')
 
 
 def base() -> ml_collections.ConfigDict:
-  """The keys every config shares (see shared DESIGN.md, 'Config conventions')."""
+  """The keys every run shares: what it trains on, how, for how long, and on which devices.
+
+  Returns:
+    A new ConfigDict with their defaults.
+  """
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.task = 'classification'
@@ -27,7 +33,7 @@ def base() -> ml_collections.ConfigDict:
   c.debug_nans = False  # jax_debug_nans: re-run a NaN-producing op un-jitted to name it (slow)
 
   c.model = ml_collections.ConfigDict()
-  c.model.name = 'cnn'
+  c.model.name = 'cnn'  # the other model.* keys are the model's constructor fields
 
   c.init_from = ml_collections.ConfigDict()  # transfer learning, see jaxvision/transfer.py
   c.init_from.path = ''  # a workdir or checkpoint to take parameters from; '' = off
@@ -41,7 +47,7 @@ def base() -> ml_collections.ConfigDict:
   c.data.train_split = 'train'
   c.data.eval_split = 'test'
   c.data.batch_size = 128  # global, over all processes and devices
-  c.data.eval_batch_size = 500
+  c.data.eval_batch_size = 500  # rounded up to the mesh's batch shards; padded rows are masked
   c.data.scale = 'zero_one'
   c.data.augment = 'none'
   c.data.shift = 2  # pixels, for augment='shift'; padding, for 'crop_flip'
@@ -52,21 +58,14 @@ def base() -> ml_collections.ConfigDict:
   c.data.classes = ()  # keep only these labels (train and eval); () = all
   c.data.per_class = 0  # > 0: the first N train examples of each kept class (file order)
   c.data.clusters = 0  # > 0: labels replaced by K balanced spectral clusters (self-conditioned GAN)
-  c.data.max_len = 256  # text datasets: tokens per example
-  c.data.vocab_size = 20000  # text datasets: words of the train split kept (+ pad and unknown)
-  c.data.seq_len = 4  # digit_sequences: digits per sequence
-  c.data.seq_train_count = 40000  # digit_sequences: train sequences (an index table; cheap)
-  c.data.seq_test_count = 2000
   c.data.synthetic = ml_collections.ConfigDict()
-  c.data.synthetic.path = ''  # .npz of generated, labelled images (--mode sample) for the train split
+  c.data.synthetic.path = (
+    ''  # .npz of generated, labelled images (--mode sample) for the train split
+  )
   c.data.synthetic.mode = 'add'  # 'add' to the real train split, or use 'only' them (CAS)
-  c.data.synthetic.real_fraction = 0.0  # mode=add: repeat the real images to about this share (0: once)
-
-  c.loss = ml_collections.ConfigDict()
-  c.loss.label_smoothing = 0.0
-  c.loss.beta = 1.0  # vae: weight of the KL term
-  c.loss.kl_warmup_steps = 0  # vae: KL weight ramps from 0 to beta over these steps
-  c.loss.likelihood = 'bernoulli'  # vae: 'bernoulli' (binarised digits) | 'logistic' (8-bit colour)
+  c.data.synthetic.real_fraction = (
+    0.0  # mode=add: repeat the real images to about this share (0: once)
+  )
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = 'adamw'
@@ -87,32 +86,9 @@ def base() -> ml_collections.ConfigDict:
   c.train.keep_ckpts = 3
   c.train.progress = True
 
-  c.eval = ml_collections.ConfigDict()
-  c.eval.iwae_k = 0  # vae: importance samples of eval/nll_iwae at the final eval; 0 = off
-  c.eval.iwae_chunk = 50  # samples per image decoded at once; must divide eval.iwae_k
-  c.eval.fd_samples = 0  # generative tasks: samples for eval/fd and eval/kid at every eval; 0 = off
-  c.eval.inception_weights = ''  # with fd_samples: an .npz of Inception-v3 variables -> eval/fid
-
-  c.explain = ml_collections.ConfigDict()
-  c.explain.n = 16  # --mode explain: test images explained
-  c.explain.steps = 512  # integrated-gradients intervals (512: completeness error < 1 % on the CNN)
-
-  c.sample = ml_collections.ConfigDict()
-  c.sample.n = 64  # --mode sample: how many images to write
-
-  c.gan = ml_collections.ConfigDict()
-  c.gan.loss = 'bce'  # 'bce' (minimax D, non-saturating G) or 'hinge'
-  c.gan.d_steps = 1  # discriminator updates per generator update
-  c.gan.ema_decay = 0.999  # of the generator params used for samples and metrics
-  c.gan.g_lr = 0.0  # 0 = optim.lr
-  c.gan.d_lr = 0.0  # 0 = optim.lr
-  c.gan.info_weight = 1.0  # InfoGAN (model.info_codes > 0): weight of the code's cross-entropy
-  c.gan.r1_gamma = 0.0  # R1 penalty on D: gamma / 2 x E ||grad_x D(x_real)||^2; 0 = off
-
   c.parallel = 'jit'  # 'jit' (shardings from the mesh) or 'pmap' (data parallel over all devices)
   # XLA:CPU only: who runs the convolutions of the jitted steps: 'ynnpack' (XLA's default) or 'xla'
-  # (YNNPACK fusion off for convolutions; configs/resnet.py and dcgan.py set it: 1.21x and 1.11x on
-  # their steps, see benchmarks/README.md)
+  # (YNNPACK's fusion off for convolutions; faster for some models, see docs/performance.md)
   c.cpu_convolutions = 'ynnpack'
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # -1: all devices not used by the other axes
@@ -121,73 +97,153 @@ def base() -> ml_collections.ConfigDict:
   return c
 
 
-def _get(config, key: str):
+def get(config, key: str):
+  """config['a']['b'] for key 'a.b'.
+
+  Args:
+    config: a ConfigDict (or nested dict).
+    key: a dotted key.
+
+  Returns:
+    The value (KeyError if a part is missing; see `has`).
+  """
   value = config
   for part in key.split('.'):
     value = value[part]
   return value
 
 
-def _choice(config, key: str, allowed) -> None:
-  value = _get(config, key)
+def has(config, key: str) -> bool:
+  """Whether dotted `key` exists in `config`.
+
+  Args:
+    config: a ConfigDict (or nested dict).
+    key: a dotted key.
+
+  Returns:
+    True if every part of `key` is there.
+  """
+  node = config
+  for part in key.split('.'):
+    if not hasattr(node, 'keys') or part not in node:
+      return False
+    node = node[part]
+  return True
+
+
+def choice(config, key: str, allowed) -> None:
+  """Checks that config's `key` is one of `allowed`.
+
+  Args:
+    config: the experiment config.
+    key: a dotted key.
+    allowed: the values it may take.
+
+  Raises:
+    ConfigError: (one line naming the allowed values) it is not one of them.
+  """
+  value = get(config, key)
   if value not in allowed:
     raise ConfigError(f'{key}={value!r} is not allowed; use one of: {", ".join(map(str, allowed))}')
 
 
-# Numeric keys and the interval each must lie in: (low, high, low included, high included).
-_AT_LEAST_0 = (0, math.inf, True, False)
-_ABOVE_0 = (0, math.inf, False, False)
-_AT_LEAST_1 = (1, math.inf, True, False)
-_FRACTION = (0, 1, True, False)  # [0, 1)
+# Intervals a numeric key must lie in: (low, high, low included, high included).
+AT_LEAST_0 = (0, math.inf, True, False)
+ABOVE_0 = (0, math.inf, False, False)
+AT_LEAST_1 = (1, math.inf, True, False)
+FRACTION = (0, 1, True, False)  # [0, 1)
 RANGES = {
-    'seed': _AT_LEAST_0,
-    'data.batch_size': _AT_LEAST_1, 'data.eval_batch_size': _AT_LEAST_1,
-    'data.shift': _AT_LEAST_0, 'data.image_size': _AT_LEAST_0, 'data.read_threads': _AT_LEAST_1,
-    'data.per_class': _AT_LEAST_0, 'data.clusters': _AT_LEAST_0, 'data.max_len': _AT_LEAST_1,
-    'data.vocab_size': (3, math.inf, True, False), 'data.seq_len': _AT_LEAST_1,
-    'data.seq_train_count': _AT_LEAST_1, 'data.seq_test_count': _AT_LEAST_1,
-    'data.synthetic.real_fraction': _FRACTION,
-    'loss.label_smoothing': _FRACTION, 'loss.beta': _AT_LEAST_0, 'loss.kl_warmup_steps': _AT_LEAST_0,
-    'optim.lr': _ABOVE_0, 'optim.warmup_frac': _FRACTION, 'optim.b1': _FRACTION,
-    'optim.b2': _FRACTION, 'optim.momentum': _FRACTION, 'optim.weight_decay': _AT_LEAST_0,
-    'optim.grad_clip': _AT_LEAST_0,
-    'train.steps': _AT_LEAST_1, 'train.log_every': _AT_LEAST_1, 'train.eval_every': _AT_LEAST_1,
-    'train.ckpt_every': _AT_LEAST_1, 'train.keep_ckpts': _AT_LEAST_1,
-    'eval.iwae_k': _AT_LEAST_0, 'eval.iwae_chunk': _AT_LEAST_1, 'eval.fd_samples': _AT_LEAST_0,
-    'explain.n': _AT_LEAST_1, 'explain.steps': _AT_LEAST_1, 'sample.n': _AT_LEAST_1,
-    'gan.d_steps': _AT_LEAST_1, 'gan.ema_decay': _FRACTION, 'gan.g_lr': _AT_LEAST_0,
-    'gan.d_lr': _AT_LEAST_0, 'gan.info_weight': _AT_LEAST_0, 'gan.r1_gamma': _AT_LEAST_0,
+  'seed': AT_LEAST_0,
+  'data.batch_size': AT_LEAST_1,
+  'data.eval_batch_size': AT_LEAST_1,
+  'data.shift': AT_LEAST_0,
+  'data.image_size': AT_LEAST_0,
+  'data.read_threads': AT_LEAST_1,
+  'data.per_class': AT_LEAST_0,
+  'data.clusters': AT_LEAST_0,
+  'data.synthetic.real_fraction': FRACTION,
+  'optim.lr': ABOVE_0,
+  'optim.warmup_frac': FRACTION,
+  'optim.b1': FRACTION,
+  'optim.b2': FRACTION,
+  'optim.momentum': FRACTION,
+  'optim.weight_decay': AT_LEAST_0,
+  'optim.grad_clip': AT_LEAST_0,
+  'train.steps': AT_LEAST_1,
+  'train.log_every': AT_LEAST_1,
+  'train.eval_every': AT_LEAST_1,
+  'train.ckpt_every': AT_LEAST_1,
+  'train.keep_ckpts': AT_LEAST_1,
 }
 _NOTES = {  # what a value means at a bound, for the error message
-    'optim.grad_clip': ' (0: no clipping)', 'gan.g_lr': ' (0: optim.lr)', 'gan.d_lr': ' (0: optim.lr)',
-    'eval.fd_samples': ' (0: no FD/KID)', 'data.per_class': ' (0: every example)',
-    'data.clusters': ' (0: the labels)', 'eval.iwae_k': ' (0: no IWAE bound)',
+  'optim.grad_clip': ' (0: no clipping)',
+  'data.per_class': ' (0: every example)',
+  'data.clusters': ' (0: the labels)',
 }
 
 
 def _interval(low, high, closed_low, closed_high) -> str:
+  """An interval as the message writes it: '>= 1', 'in [0, 1)'."""
   if high == math.inf:
     return f'{">=" if closed_low else ">"} {low:g}'
   return f'in {"[" if closed_low else "("}{low:g}, {high:g}{"]" if closed_high else ")"}'
 
 
-def check_range(key: str, value, bounds) -> None:
-  """ConfigError unless `value` is a number in `bounds` (see RANGES)."""
+def check_range(key: str, value, bounds, note: str = '') -> None:
+  """Checks that `value` is a number in `bounds`.
+
+  Args:
+    key: the dotted key, for the message.
+    value: its value.
+    bounds: (low, high, low included, high included), e.g. `AT_LEAST_1`.
+    note: appended to the message, e.g. ' (0: off)'.
+
+  Raises:
+    ConfigError: `value` is not a number (bools and NaN included) or lies outside `bounds`.
+  """
   low, high, closed_low, closed_high = bounds
-  ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
-        and (value >= low if closed_low else value > low)
-        and (value <= high if closed_high else value < high))
+  ok = (
+    isinstance(value, (int, float))
+    and not isinstance(value, bool)
+    and not math.isnan(value)
+    and (value >= low if closed_low else value > low)
+    and (value <= high if closed_high else value < high)
+  )
   if not ok:
-    raise ConfigError(f'{key}={value!r} must be {_interval(*bounds)}{_NOTES.get(key, "")}')
+    raise ConfigError(f'{key}={value!r} must be {_interval(*bounds)}{note}')
+
+
+def check_ranges(config, ranges: dict, notes: dict | None = None) -> None:
+  """check_range for every key of `ranges` that `config` has.
+
+  Args:
+    config: the experiment config.
+    ranges: {dotted key: bounds}.
+    notes: {dotted key: note} for the messages.
+
+  Raises:
+    ConfigError: the first key out of its range.
+  """
+  for key, bounds in ranges.items():
+    if has(config, key):
+      check_range(key, get(config, key), bounds, (notes or {}).get(key, ''))
 
 
 def required(kind=str):
   """A config value that the user must give on the command line (a preset's input path):
-  None until set; `validate` names it if it is still missing."""
+  None until set; `validate` names it if it is still missing.
+
+  Args:
+    kind: the value's type.
+
+  Returns:
+    An ml_collections placeholder of that type.
+  """
   return ml_collections.config_dict.placeholder(kind)
 
 
 def _missing(config, prefix: str = '') -> list[str]:
+  """The dotted keys whose value is None (a `required` value not given)."""
   out = []
   for key, value in config.items():
     if isinstance(value, ml_collections.ConfigDict):
@@ -198,64 +254,68 @@ def _missing(config, prefix: str = '') -> list[str]:
 
 
 def validate(config) -> None:
-  """Checks every value that needs no data and no devices; raises ConfigError (one line)."""
-  from jaxvision import models, tasks  # registries; imported late to keep this module light
+  """Checks the shared keys (those of `base()`); needs no data and no devices.
+
+  Args:
+    config: an experiment config.
+
+  Raises:
+    ConfigError: the first bad value, in one line naming the key and what is allowed.
+  """
   missing = _missing(config)
   if missing:
-    raise ConfigError(f'{missing[0]} is required by this config and not set; give --config.{missing[0]}=...')
-  _choice(config, 'task', sorted(tasks.TASKS))
-  _choice(config, 'model.name', sorted(models.MODELS))
-  models.check_kwargs(config.model)
-  _choice(config, 'optim.name', OPTIMIZERS)
-  _choice(config, 'optim.schedule', SCHEDULES)
-  _choice(config, 'data.scale', SCALES)
-  _choice(config, 'data.augment', AUGMENTS)
-  for key, bounds in RANGES.items():
-    if _has(config, key):
-      check_range(key, _get(config, key), bounds)
-  if config.eval.fd_samples == 1:
-    raise ConfigError('eval.fd_samples=1 must be 0 (no FD/KID) or >= 2: a covariance needs two samples')
+    raise ConfigError(
+      f'{missing[0]} is required by this config and not set; give --config.{missing[0]}=...'
+    )
+  choice(config, 'optim.name', OPTIMIZERS)
+  choice(config, 'optim.schedule', SCHEDULES)
+  choice(config, 'data.scale', SCALES)
+  choice(config, 'data.augment', AUGMENTS)
+  check_ranges(config, RANGES, _NOTES)
   if not isinstance(config.data.name, str) or not config.data.name:
     raise ConfigError('data.name must be a TFDS dataset name, e.g. data.name=mnist10k')
   classes = tuple(config.data.classes)
-  if any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in classes) or len(set(classes)) < len(classes):
+  if any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in classes) or len(
+    set(classes)
+  ) < len(classes):
     raise ConfigError(f'data.classes={classes} must be distinct labels >= 0, e.g. (5, 6, 7, 8, 9)')
   if config.data.clusters and config.data.synthetic.path:
-    raise ConfigError(f'data.clusters={config.data.clusters} cannot be combined with '
-                      f'data.synthetic.path; set --config.data.clusters=0')
-  _choice(config, 'data.synthetic.mode', ('add', 'only'))
+    raise ConfigError(
+      f'data.clusters={config.data.clusters} cannot be combined with '
+      f'data.synthetic.path; set --config.data.clusters=0'
+    )
+  choice(config, 'data.synthetic.mode', ('add', 'only'))
   if config.data.synthetic.mode == 'only' and not config.data.synthetic.path:
-    raise ConfigError('data.synthetic.mode=only needs data.synthetic.path (an .npz from --mode sample)')
+    raise ConfigError(
+      'data.synthetic.mode=only needs data.synthetic.path (an .npz from --mode sample)'
+    )
   if config.data.augment == 'inception_crop' and config.data.image_size <= 0:
     raise ConfigError('data.augment=inception_crop needs data.image_size > 0 (e.g. 224)')
-  if config.eval.iwae_k % config.eval.iwae_chunk:
-    raise ConfigError(f'eval.iwae_chunk={config.eval.iwae_chunk} must divide '
-                      f'eval.iwae_k={config.eval.iwae_k}')
-  task_validate = getattr(tasks.get(config.task), 'validate', None)
-  if task_validate is not None:
-    task_validate(config)
   for axis in ('data', 'fsdp', 'model'):
     size = config.mesh[axis]
     if size == 0 or size < -1:
-      raise ConfigError(f'mesh.{axis}={size} must be a positive axis size or -1 (all remaining devices)')
-  _choice(config, 'parallel', ('jit', 'pmap'))
-  _choice(config, 'cpu_convolutions', ('ynnpack', 'xla'))
+      raise ConfigError(
+        f'mesh.{axis}={size} must be a positive axis size or -1 (all remaining devices)'
+      )
+  choice(config, 'parallel', ('jit', 'pmap'))
+  choice(config, 'cpu_convolutions', ('ynnpack', 'xla'))
   if config.parallel == 'pmap' and (config.mesh.fsdp != 1 or config.mesh.model != 1):
-    raise ConfigError(f'parallel=pmap is data parallel only, but mesh.fsdp={config.mesh.fsdp}, '
-                      f'mesh.model={config.mesh.model}; set them to 1 or use parallel=jit')
-
-
-def _has(config, key: str) -> bool:
-  node = config
-  for part in key.split('.'):
-    if not hasattr(node, 'keys') or part not in node:
-      return False
-    node = node[part]
-  return True
+    raise ConfigError(
+      f'parallel=pmap is data parallel only, but mesh.fsdp={config.mesh.fsdp}, '
+      f'mesh.model={config.mesh.model}; set them to 1 or use parallel=jit'
+    )
 
 
 def smoke(c: ml_collections.ConfigDict, batch_size: int = 32) -> ml_collections.ConfigDict:
-  """The `smoke` preset's loop settings, shared by every config: 6 steps, 2 evals, 2 saves."""
+  """The `smoke` preset's loop settings, shared by every config: 6 steps, 2 evals, 2 saves.
+
+  Args:
+    c: the config to change (in place).
+    batch_size: its data.batch_size.
+
+  Returns:
+    `c`.
+  """
   c.train.steps = 6
   c.train.log_every = 2
   c.train.eval_every = 3
@@ -266,9 +326,37 @@ def smoke(c: ml_collections.ConfigDict, batch_size: int = 32) -> ml_collections.
 
 
 def from_file(path: str, preset: str = '') -> ml_collections.ConfigDict:
-  """`get_config(preset)` of a config file, for configs that derive from another one."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
+  """`get_config(preset)` of a config file, for configs that derive from another one.
+
+  Args:
+    path: the config file.
+    preset: the preset passed to its `get_config`.
+
+  Returns:
+    The config it makes.
+  """
   spec = importlib.util.spec_from_file_location(f'_config_{abs(hash(path))}', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(preset)
+
+
+def merge_known(config: ml_collections.ConfigDict, values: dict) -> ml_collections.ConfigDict:
+  """`config` with the values of `values` (a run.json's config) at the keys `config` has; keys
+  that only an older or newer jaxvision knew are left out.
+
+  Args:
+    config: the config to update (in place), e.g. `tasks.base_config(task)`.
+    values: a nested dict; lists become tuples.
+
+  Returns:
+    `config`.
+  """
+  for key, value in values.items():
+    if key not in config:
+      continue
+    if isinstance(config[key], ml_collections.ConfigDict) and isinstance(value, dict):
+      merge_known(config[key], value)
+    else:
+      config[key] = tuple(value) if isinstance(value, list) else value
+  return config

@@ -14,11 +14,13 @@ EXIT_PREEMPTED = 143  # SIGTERM, after saving the current step (128 + 15, as if 
 
 class Error(Exception):
   """Base class; `exit_code` is what `run.py` exits with."""
+
   exit_code = EXIT_UNEXPECTED
 
 
 class BadInput(Error, ValueError):
   """Input that cannot work, found before any compute."""
+
   exit_code = EXIT_BAD_INPUT
 
 
@@ -41,11 +43,13 @@ class WorkdirError(BadInput):
 
 class Diverged(Error, FloatingPointError):
   """A train metric became NaN or Inf; no checkpoint of the diverged state was written."""
+
   exit_code = EXIT_DIVERGED
 
 
 class SaveError(Error):
   """The workdir or a checkpoint could not be written."""
+
   exit_code = EXIT_SAVE_FAILED
 
 

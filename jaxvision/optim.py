@@ -1,9 +1,91 @@
-"""Optimizers and learning-rate schedules from `config.optim`, all optax."""
+"""Optimizers and learning-rate schedules from `config.optim`, all optax; freezing parameters.
+
+`freeze` patterns (and `init_from.include/exclude`, jaxvision/transfer.py) are regexes matched
+with re.fullmatch against '/'-joined parameter paths such as 'Conv_0/kernel'.
+"""
+
+import re
+
 import jax
 import optax
 
+from jaxvision.errors import ConfigError
+
+
+def path_str(path) -> str:
+  """A PyTree path as the patterns see it.
+
+  Args:
+    path: a path from `jax.tree_util.tree_flatten_with_path`.
+
+  Returns:
+    The '/'-joined keys, e.g. 'Conv_0/kernel'.
+  """
+  return '/'.join(str(getattr(k, 'key', getattr(k, 'name', k))) for k in path)
+
+
+def compile_patterns(patterns, key: str) -> list:
+  """Compiles a config's regexes.
+
+  Args:
+    patterns: regex strings.
+    key: the config key they come from, for the message.
+
+  Returns:
+    The compiled patterns.
+
+  Raises:
+    ConfigError: a pattern is not a valid regex.
+  """
+  out = []
+  for p in patterns:
+    try:
+      out.append(re.compile(p))
+    except re.error as e:
+      raise ConfigError(f'{key} has a bad regex {p!r} ({e}); paths look like Conv_0/kernel') from e
+  return out
+
+
+def matches(patterns, path: str) -> bool:
+  """Whether one of the compiled patterns matches the whole of `path`.
+
+  Args:
+    patterns: compiled regexes (`compile_patterns`).
+    path: a '/'-joined parameter path.
+
+  Returns:
+    True if one `fullmatch`es.
+  """
+  return any(p.fullmatch(path) for p in patterns)
+
+
+def frozen_mask(params, patterns):
+  """True for every parameter leaf whose path matches one of the patterns.
+
+  Args:
+    params: a parameter PyTree (or its ShapeDtypeStructs).
+    patterns: compiled regexes.
+
+  Returns:
+    A PyTree of bools of the structure of `params`.
+  """
+  return jax.tree_util.tree_map_with_path(lambda p, _: matches(patterns, path_str(p)), params)
+
 
 def schedule(optim_config, steps: int) -> optax.Schedule:
+  """The learning-rate schedule of config.optim.
+
+  Args:
+    optim_config: config.optim (lr, schedule, warmup_frac).
+    steps: train.steps, the schedule's length.
+
+  Returns:
+    step -> learning rate: 'constant', 'cosine' (to 0), 'warmup_cosine' (linear warmup over
+    warmup_frac of the steps, then cosine to 0) or 'onecycle' (warmup_frac, default 0.3).
+
+  Raises:
+    ValueError: an unknown schedule (`config.validate` refuses it first).
+  """
   lr, name = optim_config.lr, optim_config.schedule
   warmup = int(optim_config.warmup_frac * steps)
   if name == 'constant':
@@ -17,9 +99,25 @@ def schedule(optim_config, steps: int) -> optax.Schedule:
   raise ValueError(f'optim.schedule={name!r}')
 
 
-def make(optim_config, steps: int, freeze=()) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make(
+  optim_config, steps: int, freeze=()
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """The optax transformation and its learning-rate schedule; parameters whose path matches a
-  regex of `freeze` get zero updates (see jaxvision/transfer.py)."""
+  regex of `freeze` get zero updates (see jaxvision/transfer.py).
+
+  Args:
+    optim_config: config.optim.
+    steps: train.steps.
+    freeze: regexes of frozen parameter paths.
+
+  Returns:
+    (tx, schedule): the optimizer (with weight decay, gradient clipping and freezing as the
+    config asks) and its learning-rate schedule.
+
+  Raises:
+    ValueError: an unknown optimizer (`config.validate` refuses it first).
+    ConfigError: a bad `freeze` regex.
+  """
   lr = schedule(optim_config, steps)
   c = optim_config
   if c.name == 'adam':
@@ -37,9 +135,9 @@ def make(optim_config, steps: int, freeze=()) -> tuple[optax.GradientTransformat
   if c.grad_clip:
     tx = optax.chain(optax.clip_by_global_norm(c.grad_clip), tx)
   if freeze:
-    from jaxvision import transfer  # pylint: disable=g-import-not-at-top
-    patterns = transfer.compile_patterns(freeze, 'freeze')
-    labels = lambda params: jax.tree.map(lambda f: 'frozen' if f else 'trained',
-                                         transfer.frozen_mask(params, patterns))
+    patterns = compile_patterns(freeze, 'freeze')
+    labels = lambda params: jax.tree.map(
+      lambda f: 'frozen' if f else 'trained', frozen_mask(params, patterns)
+    )
     tx = optax.multi_transform({'trained': tx, 'frozen': optax.set_to_zero()}, labels)
   return tx, lr

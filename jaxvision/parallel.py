@@ -11,35 +11,47 @@ collectives. The step functions are written once and sharded from outside, by
 `jax.jit(in_shardings=..., out_shardings=...)`.
 
 The pmap path (`config.parallel='pmap'`, data parallel only, one process or
-several) runs the same step
-functions under `jax.pmap` over the axis `PMAP_AXIS`, each device on its rows
-of the global batch. Three things make it train like the jit path (equal up to
-the order of floating-point reductions), and all three are no-ops under jit:
-`batch_mean` (the task's gradients and metrics: `lax.pmean`), `batch_axis`
-(BatchNorm statistics over the global batch: flax's `axis_name`) and
-`batch_rows` (every random draw with a batch dimension — augmentation,
-dropout, latents — is drawn at the global batch size and each device keeps
-its own rows, so it gets the numbers the jit path gives those rows).
+several) runs the same step functions under `jax.pmap` over the axis
+`PMAP_AXIS`, each device on its rows of the global batch, and tells them so
+with an explicit `BatchSplit` argument. Three things make it train like the jit
+path (equal up to the order of floating-point reductions), and all three are
+no-ops under jit (split None): `batch_mean` (the task's gradients and metrics:
+`lax.pmean`), `batch_axis` (BatchNorm statistics over the global batch: flax's
+`axis_name`) and `batch_rows` (every random draw with a batch dimension —
+augmentation, dropout, latents — is drawn at the global batch size and each
+device keeps its own rows, so it gets the numbers the jit path gives those rows).
 """
-import contextlib
-import contextvars
+
 import dataclasses
 import math
 
 import jax
 import numpy as np
 from jax import lax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxvision.errors import MeshError
 
 AXES = ('data', 'fsdp', 'model')
 BATCH_AXES = ('data', 'fsdp')
-FSDP_MIN_SIZE = 2 ** 12  # smaller leaves stay replicated: splitting them saves less than it costs
+FSDP_MIN_SIZE = 2**12  # smaller leaves stay replicated: splitting them saves less than it costs
 PMAP_AXIS = 'batch'
 
 
 def mesh_shape(mesh_config, num_devices: int) -> tuple[int, ...]:
+  """The sizes of the mesh axes, with a -1 resolved to the devices the others leave.
+
+  Args:
+    mesh_config: config.mesh ({'data', 'fsdp', 'model'}: sizes, at most one -1).
+    num_devices: the devices the mesh must cover exactly.
+
+  Returns:
+    (data, fsdp, model) sizes whose product is `num_devices`.
+
+  Raises:
+    MeshError: more than one -1, or sizes that do not fit the devices.
+  """
   sizes = [mesh_config[a] for a in AXES]
   if sizes.count(-1) > 1:
     raise MeshError('at most one of mesh.data, mesh.fsdp, mesh.model may be -1')
@@ -49,34 +61,79 @@ def mesh_shape(mesh_config, num_devices: int) -> tuple[int, ...]:
       raise MeshError(f'mesh axes {dict(zip(AXES, sizes))} do not divide the {num_devices} devices')
     sizes[sizes.index(-1)] = num_devices // known
   if math.prod(sizes) != num_devices:
-    raise MeshError(f'mesh {dict(zip(AXES, sizes))} needs {math.prod(sizes)} devices, '
-                    f'there are {num_devices}; set one axis to -1')
+    raise MeshError(
+      f'mesh {dict(zip(AXES, sizes))} needs {math.prod(sizes)} devices, '
+      f'there are {num_devices}; set one axis to -1'
+    )
   return tuple(sizes)
 
 
 def make_mesh(mesh_config, devices=None) -> Mesh:
-  """The mesh over `devices` (default: all devices of all processes)."""
+  """The mesh over `devices` (default: all devices of all processes).
+
+  Args:
+    mesh_config: config.mesh.
+    devices: the devices, in mesh order; None: `jax.devices()`.
+
+  Returns:
+    A Mesh of axes `AXES`.
+
+  Raises:
+    MeshError: the axis sizes do not fit the devices.
+  """
   devices = jax.devices() if devices is None else list(devices)
   shape = mesh_shape(mesh_config, len(devices))
   return Mesh(np.asarray(devices).reshape(shape), AXES)
 
 
 def batch_size_per_shard(mesh: Mesh) -> int:
-  """How many ways a batch is split: its size must divide by this."""
+  """How many ways a batch is split: its size must divide by this.
+
+  Args:
+    mesh: the mesh.
+
+  Returns:
+    The product of the sizes of its 'data' and 'fsdp' axes.
+  """
   return mesh.shape['data'] * mesh.shape['fsdp']
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """The sharding of a batch.
+
+  Args:
+    mesh: the mesh.
+
+  Returns:
+    Axis 0 (the batch) split over `BATCH_AXES`, the rest replicated.
+  """
   return NamedSharding(mesh, P(BATCH_AXES))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
+  """The sharding of a full copy on every device.
+
+  Args:
+    mesh: the mesh.
+
+  Returns:
+    NamedSharding(mesh, P()).
+  """
   return NamedSharding(mesh, P())
 
 
 def fsdp_spec(shape: tuple[int, ...], n: int) -> P:
   """The FSDP rule for one leaf: split its largest axis that `n` divides over 'fsdp'
-  (ties: the later axis, e.g. a kernel's output features), or replicate it."""
+  (ties: the later axis, e.g. a kernel's output features), or replicate it.
+
+  Args:
+    shape: the leaf's shape.
+    n: the size of the mesh's 'fsdp' axis.
+
+  Returns:
+    The PartitionSpec: P() (replicated) when n is 1, the leaf has under `FSDP_MIN_SIZE`
+    elements or no axis divides by n.
+  """
   if n == 1 or math.prod(shape) < FSDP_MIN_SIZE:
     return P()
   for axis in sorted(range(len(shape)), key=lambda a: (shape[a], a), reverse=True):
@@ -86,24 +143,53 @@ def fsdp_spec(shape: tuple[int, ...], n: int) -> P:
 
 
 def state_sharding(mesh: Mesh, state):
-  """Sharding for every leaf of the (abstract) train state: `fsdp_spec` of its shape."""
+  """Sharding for every leaf of the (abstract) train state: `fsdp_spec` of its shape.
+
+  Args:
+    mesh: the mesh.
+    state: a state or abstract state (leaves with `shape`; others are replicated).
+
+  Returns:
+    A PyTree of NamedShardings of the structure of `state`.
+  """
   n = mesh.shape['fsdp']
-  return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(tuple(getattr(x, 'shape', ())), n)), state)
+  return jax.tree.map(
+    lambda x: NamedSharding(mesh, fsdp_spec(tuple(getattr(x, 'shape', ())), n)), state
+  )
 
 
 def to_global(local_batch: dict, sharding: NamedSharding) -> dict:
-  """This process's rows of a batch -> one global array per leaf."""
+  """This process's rows of a batch -> one global array per leaf.
+
+  Args:
+    local_batch: {key: numpy [rows of this process, ...]}.
+    sharding: the batch sharding (`batch_sharding`).
+
+  Returns:
+    {key: jax.Array [global rows, ...]} sharded by `sharding`.
+  """
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
 
 
 # XLA:CPU option that leaves convolutions to XLA's own emitter instead of YNNPACK (dots and
 # reductions still go to YNNPACK), for `config.cpu_convolutions='xla'`.
-_CPU_CONVS_WITHOUT_YNNPACK = {'xla_cpu_experimental_ynn_fusion_type':
-                              'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'}
+_CPU_CONVS_WITHOUT_YNNPACK = {
+  'xla_cpu_experimental_ynn_fusion_type': (
+    'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'
+  )
+}
 
 
 def compiler_options(config) -> dict | None:
-  """The XLA compiler options of `config` for this backend (None: XLA's defaults)."""
+  """The XLA compiler options of `config` for this backend (None: XLA's defaults).
+
+  Args:
+    config: the experiment config (`cpu_convolutions`).
+
+  Returns:
+    The options that keep convolutions away from YNNPACK on CPU with cpu_convolutions='xla';
+    otherwise None.
+  """
   if config.get('cpu_convolutions', 'ynnpack') == 'xla' and jax.default_backend() == 'cpu':
     return dict(_CPU_CONVS_WITHOUT_YNNPACK)
   return None
@@ -111,76 +197,140 @@ def compiler_options(config) -> dict | None:
 
 def jit_train_step(step_fn, state_shardings, mesh: Mesh, options: dict | None = None):
   """`step_fn(state, batch) -> (state, metrics)` jitted for `mesh`: the state keeps its shardings
-  (and is donated), the batch is split over the batch axes, the metrics come back replicated;
-  `options`: XLA compiler options (`compiler_options(config)`)."""
-  return jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding(mesh)),
-                 out_shardings=(state_shardings, replicated(mesh)), donate_argnums=0,
-                 compiler_options=options)
+  (and is donated), the batch is split over the batch axes, the metrics come back replicated.
+
+  Args:
+    step_fn: a task's train_step.
+    state_shardings: the state's shardings (`state_sharding`).
+    mesh: the mesh.
+    options: XLA compiler options (`compiler_options(config)`), or None.
+
+  Returns:
+    The jitted step.
+  """
+  return jax.jit(
+    step_fn,
+    in_shardings=(state_shardings, batch_sharding(mesh)),
+    out_shardings=(state_shardings, replicated(mesh)),
+    donate_argnums=0,
+    compiler_options=options,
+  )
 
 
 def step_memory(step_fn, abstract_state, abstract_batch: dict, mesh: Mesh) -> dict:
   """Per-device bytes of `step_fn(state, batch)` compiled for `mesh` with the state sharded by
   `state_sharding` (nothing is allocated: the inputs are shapes). From XLA's memory analysis:
-  'arguments' (the state + batch shards a device holds), 'outputs', 'temporaries'."""
-  compiled = jit_train_step(step_fn, state_sharding(mesh, abstract_state), mesh).lower(
-      abstract_state, abstract_batch).compile()
+  'arguments' (the state + batch shards a device holds), 'outputs', 'temporaries'.
+
+  Args:
+    step_fn: a task's train_step.
+    abstract_state: the state's ShapeDtypeStructs.
+    abstract_batch: the global batch's ShapeDtypeStructs.
+    mesh: the mesh.
+
+  Returns:
+    {'arguments', 'outputs', 'temporaries'}: bytes per device.
+  """
+  compiled = (
+    jit_train_step(step_fn, state_sharding(mesh, abstract_state), mesh)
+    .lower(abstract_state, abstract_batch)
+    .compile()
+  )
   stats = compiled.memory_analysis()
-  return {'arguments': int(stats.argument_size_in_bytes), 'outputs': int(stats.output_size_in_bytes),
-          'temporaries': int(stats.temp_size_in_bytes)}
+  return {
+    'arguments': int(stats.argument_size_in_bytes),
+    'outputs': int(stats.output_size_in_bytes),
+    'temporaries': int(stats.temp_size_in_bytes),
+  }
 
 
 # ------------------------------------------------------------------ the pmap path
 
 
 @dataclasses.dataclass(frozen=True)
-class _Split:
+class BatchSplit:
+  """How a per-device step under pmap holds the global batch: split `devices` ways over the
+  named axis `axis_name`, device i holding the i-th contiguous block of rows. With `stacked` = k
+  the array at hand is k such batches' rows one after the other (e.g. a discriminator on
+  [real; fake]). Under jit there is no split: the functions below take None and do nothing.
+
+  A task's `train_step(state, batch, split)` gets one from `pmap_step` and passes it on,
+  explicitly: to `batch_mean` and `batch_rows`, to augmentation, and to models as their
+  `batch_split` attribute (BatchNorm's axis, dropout's mask rows).
+
+  Attributes:
+    axis_name: the pmap axis the batch is split over.
+    devices: devices over all processes, each holding an equal block of rows.
+    stacked: batches concatenated in the array at hand.
+  """
+
   axis_name: str
-  devices: int  # how many ways the global batch is split
-  stacked: int = 1  # the local batch is this many global batches' rows, one after the other
+  devices: int
+  stacked: int = 1
+
+  def stack(self, count: int) -> 'BatchSplit':
+    """The split of `count` batches concatenated along the rows.
+
+    Args:
+      count: the batches stacked (2 for a discriminator on [real; fake]).
+
+    Returns:
+      This split with `stacked` = count.
+    """
+    return dataclasses.replace(self, stacked=count)
 
 
-_SPLIT = contextvars.ContextVar('jaxvision_batch_split', default=None)
+def stack(split: BatchSplit | None, count: int) -> BatchSplit | None:
+  """`split.stack(count)`, or None under jit.
+
+  Args:
+    split: the pmap path's batch layout, or None under jit.
+    count: the batches stacked.
+
+  Returns:
+    The stacked split, or None.
+  """
+  return None if split is None else split.stack(count)
 
 
-@contextlib.contextmanager
-def split_batch(axis_name: str, devices: int):
-  """While tracing a per-device step under pmap: the batch is split `devices` ways over
-  `axis_name`, device i holding the i-th contiguous block of rows."""
-  token = _SPLIT.set(_Split(axis_name, devices))
-  try:
-    yield
-  finally:
-    _SPLIT.reset(token)
+def batch_axis(split: BatchSplit | None) -> str | None:
+  """The named axis the batch is split over (for BatchNorm's `axis_name`).
 
+  Args:
+    split: the pmap path's batch layout, or None under jit.
 
-@contextlib.contextmanager
-def stacked_batches(count: int):
-  """Inside a per-device step: the batch being processed is `count` batches concatenated
-  (e.g. a discriminator on [real; fake]), so draws keep each one's rows."""
-  split = _SPLIT.get()
-  token = _SPLIT.set(None if split is None else dataclasses.replace(split, stacked=count))
-  try:
-    yield
-  finally:
-    _SPLIT.reset(token)
-
-
-def batch_axis() -> str | None:
-  """The named axis the batch is split over (for BatchNorm's `axis_name`); None under jit."""
-  split = _SPLIT.get()
+  Returns:
+    `split.axis_name`, or None under jit.
+  """
   return None if split is None else split.axis_name
 
 
-def batch_mean(tree):
-  """The mean over the devices of per-device batch means: the global batch mean (identity under jit)."""
-  split = _SPLIT.get()
+def batch_mean(split: BatchSplit | None, tree):
+  """The mean over the devices of per-device batch means: the global batch mean (identity under
+  jit).
+
+  Args:
+    split: the pmap path's batch layout, or None under jit.
+    tree: a PyTree of per-device batch means (gradients, metrics).
+
+  Returns:
+    The PyTree of global batch means (`tree` itself under jit).
+  """
   return tree if split is None else lax.pmean(tree, split.axis_name)
 
 
-def batch_rows(draw, shape):
+def batch_rows(split: BatchSplit | None, draw, shape):
   """`draw(shape)` (a random array whose axis 0 runs over the batch) as the jit path draws it:
-  under pmap it is drawn for the global batch and this device keeps its rows."""
-  split = _SPLIT.get()
+  under pmap it is drawn for the global batch and this device keeps its rows.
+
+  Args:
+    split: the pmap path's batch layout, or None under jit.
+    draw: shape -> a random array of that shape (the same key every call).
+    shape: the per-device shape; axis 0 is this device's rows (of `split.stacked` batches).
+
+  Returns:
+    An array of `shape`: under pmap, this device's rows of the global draw.
+  """
   if split is None:
     return draw(tuple(shape))
   local = shape[0] // split.stacked
@@ -194,29 +344,62 @@ def pmap_step(step_fn, devices: int):
   """`step_fn(state, batch) -> (state, metrics)` under `jax.pmap` over `devices` (all processes'):
   state replicated with a leading device axis (see `replicate`) and donated, batch
   [local devices, rows per device, ...]. The metrics come back as this process's first device
-  has them (every device holds the same: they are `batch_mean`s or functions of the state)."""
-  def per_device(state, batch):
-    with split_batch(PMAP_AXIS, devices):
-      return step_fn(state, batch)
-  stepped = jax.pmap(per_device, axis_name=PMAP_AXIS, donate_argnums=0)
+  has them (every device holds the same: they are `batch_mean`s or functions of the state).
+
+  Args:
+    step_fn: a task's train_step(state, batch, split).
+    devices: the devices of all processes.
+
+  Returns:
+    train_step(state, batch) -> (state, metrics).
+  """
+  split = BatchSplit(PMAP_AXIS, devices)
+  stepped = jax.pmap(
+    lambda state, batch: step_fn(state, batch, split), axis_name=PMAP_AXIS, donate_argnums=0
+  )
 
   def train_step(state, batch):
     state, metrics = stepped(state, batch)
     return state, jax.tree.map(lambda m: m.addressable_shards[0].data[0], metrics)
+
   return train_step
 
 
 def replicate(tree, mesh: Mesh):
   """A replicated (jit-path) state -> one copy per local device stacked on a leading axis, for
-  `pmap_step`; the copies are the arrays' own per-device buffers, nothing is moved."""
+  `pmap_step`; the copies are the arrays' own per-device buffers, nothing is moved.
+
+  Args:
+    tree: a PyTree of arrays replicated over `mesh`.
+    mesh: the mesh.
+
+  Returns:
+    The PyTree of arrays [devices, ...], one row per device.
+  """
   sharding = NamedSharding(Mesh(np.asarray(mesh.devices).reshape(-1), (PMAP_AXIS,)), P(PMAP_AXIS))
   count = mesh.devices.size
-  return jax.tree.map(lambda x: jax.make_array_from_single_device_arrays(
-      (count, *x.shape), sharding, [s.data[None] for s in x.addressable_shards]), tree)
+  return jax.tree.map(
+    lambda x: jax.make_array_from_single_device_arrays(
+      (count, *x.shape), sharding, [s.data[None] for s in x.addressable_shards]
+    ),
+    tree,
+  )
 
 
 def unreplicate(tree, mesh: Mesh):
-  """The inverse of `replicate`: per-device copies -> one array replicated over `mesh`."""
+  """The inverse of `replicate`: per-device copies -> one array replicated over `mesh`.
+
+  Args:
+    tree: a PyTree of arrays [devices, ...] (as `pmap_step` returns the state).
+    mesh: the mesh.
+
+  Returns:
+    The PyTree of arrays replicated over `mesh`.
+  """
   sharding = replicated(mesh)
-  return jax.tree.map(lambda x: jax.make_array_from_single_device_arrays(
-      x.shape[1:], sharding, [s.data.reshape(x.shape[1:]) for s in x.addressable_shards]), tree)
+  return jax.tree.map(
+    lambda x: jax.make_array_from_single_device_arrays(
+      x.shape[1:], sharding, [s.data.reshape(x.shape[1:]) for s in x.addressable_shards]
+    ),
+    tree,
+  )

@@ -11,6 +11,7 @@ owns SIGTERM (its notifier tells the coordination service) and
 `multihost_utils.reached_preemption_sync_point(step)`, called by every process at every step,
 turns true at the same step everywhere. Ctrl-C keeps its default there (stop everything).
 """
+
 import signal
 import threading
 
@@ -29,7 +30,8 @@ def _synced() -> bool:
 
 
 class StopRequest:
-  """Context manager: while active, SIGTERM and SIGINT request a stop instead of ending the process."""
+  """Context manager: while active, SIGTERM and SIGINT request a stop instead of ending the
+  process."""
 
   def __init__(self):
     self.signum = None
@@ -60,13 +62,25 @@ class StopRequest:
     return self.signum is not None
 
   def at_step(self, step: int) -> bool:
-    """Whether to stop after `step`. Every process calls it once per step, in step order."""
+    """Whether to stop after `step`. Every process calls it once per step, in step order.
+
+    Args:
+      step: the step just taken.
+
+    Returns:
+      True at the same step on every process once a stop signal arrived.
+
+    Raises:
+      ConfigError: several processes, and the JAX preemption service is off.
+    """
     if _synced():
       try:
         reached = multihost_utils.reached_preemption_sync_point(step)
       except RuntimeError as e:  # jax_enable_preemption_service was turned off
-        raise errors.ConfigError(f'a run of several processes needs the JAX preemption service to '
-                                 f'save on SIGTERM ({e}); leave jax_enable_preemption_service on') from e
+        raise errors.ConfigError(
+          f'a run of several processes needs the JAX preemption service to '
+          f'save on SIGTERM ({e}); leave jax_enable_preemption_service on'
+        ) from e
       if reached:
         self.signum = self.signum or signal.SIGTERM
         return True
@@ -75,10 +89,25 @@ class StopRequest:
 
   def error(self, step: int, workdir: str, saved: bool = True) -> errors.Preempted:
     """The exception that ends the run once the checkpoint of `step` is saved (`saved`), or
-    before the first step of a new run (nothing to save)."""
+    before the first step of a new run (nothing to save).
+
+    Args:
+      step: the step whose checkpoint is saved.
+      workdir: the workdir, for the message.
+      saved: False: the signal came before anything was trained.
+
+    Returns:
+      A Preempted whose exit code is 143 (SIGTERM) or 130 (SIGINT); the caller raises it.
+    """
     signum = self.signum or signal.SIGTERM
     if not saved:
-      return errors.Preempted(f'{_NAMES[signum]} before the first step: nothing was trained; '
-                              f'run the same command again to start', _CODES[signum])
-    return errors.Preempted(f'{_NAMES[signum]} at step {step}: checkpoint saved in {workdir}; '
-                            f'run the same command again to resume', _CODES[signum])
+      return errors.Preempted(
+        f'{_NAMES[signum]} before the first step: nothing was trained; '
+        f'run the same command again to start',
+        _CODES[signum],
+      )
+    return errors.Preempted(
+      f'{_NAMES[signum]} at step {step}: checkpoint saved in {workdir}; '
+      f'run the same command again to resume',
+      _CODES[signum],
+    )

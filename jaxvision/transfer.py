@@ -1,18 +1,21 @@
 """Transfer learning: start from another run's parameters; freeze parameter subtrees.
 
-  config.init_from.path     a workdir (its latest checkpoint), a checkpoint step dir, or its state dir
-  config.init_from.include  regexes over parameter paths ('Conv_0/kernel', 'BatchNorm_1/scale', ...);
-                            default ('.*',): everything
-  config.init_from.exclude  regexes of paths to leave freshly initialised (e.g. ('Dense_1/.*',): the head)
-  config.freeze             regexes of parameter paths that get no updates (optax.multi_transform with
-                            set_to_zero); a frozen BatchNorm also keeps its statistics
+  config.init_from.path     a workdir (its latest checkpoint), a checkpoint step dir, or its
+                            state dir
+  config.init_from.include  regexes over parameter paths ('Conv_0/kernel', 'BatchNorm_1/scale',
+                            ...); default ('.*',): everything
+  config.init_from.exclude  regexes of paths to leave freshly initialised (e.g. ('Dense_1/.*',):
+                            the head)
+  config.freeze             regexes of parameter paths that get no updates
+                            (optax.multi_transform with set_to_zero); a frozen BatchNorm also
+                            keeps its statistics
 
 A path is matched with re.fullmatch. An included leaf whose shape differs from the new
 model's (a head for another number of classes) keeps its fresh initialisation, and the run
 prints one line naming those leaves. An included path that the checkpoint lacks is an error.
 """
+
 import os
-import re
 
 import jax
 import jax.numpy as jnp
@@ -21,42 +24,30 @@ import orbax.checkpoint as ocp
 
 from jaxvision import checkpoint
 from jaxvision.errors import ConfigError
-
-
-def path_str(path) -> str:
-  return '/'.join(str(getattr(k, 'key', getattr(k, 'name', k))) for k in path)
-
-
-def compile_patterns(patterns, key: str) -> list:
-  out = []
-  for p in patterns:
-    try:
-      out.append(re.compile(p))
-    except re.error as e:
-      raise ConfigError(f'{key} has a bad regex {p!r} ({e}); paths look like Conv_0/kernel') from e
-  return out
-
-
-def matches(patterns, path: str) -> bool:
-  return any(p.fullmatch(path) for p in patterns)
-
-
-def frozen_mask(params, patterns):
-  """True for every parameter leaf whose path matches one of the patterns."""
-  return jax.tree_util.tree_map_with_path(lambda p, _: matches(patterns, path_str(p)), params)
+from jaxvision.optim import compile_patterns, frozen_mask, matches, path_str
 
 
 def check_freeze(config, abstract_params) -> None:
-  """config.freeze must be valid regexes that match at least one parameter; one-line ConfigError."""
+  """config.freeze must be valid regexes that match at least one parameter.
+
+  Args:
+    config: the experiment config (freeze).
+    abstract_params: the model's parameters (or their ShapeDtypeStructs).
+
+  Raises:
+    ConfigError: (one line) a bad regex, or patterns that match no parameter.
+  """
   patterns = compile_patterns(config.freeze, 'freeze')
   if patterns and not any(jax.tree.leaves(frozen_mask(abstract_params, patterns))):
     paths = [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(abstract_params)[0]]
-    raise ConfigError(f'freeze={tuple(config.freeze)} matches no parameter; paths are: {", ".join(paths[:12])}')
+    raise ConfigError(
+      f'freeze={tuple(config.freeze)} matches no parameter; paths are: {", ".join(paths[:12])}'
+    )
 
 
 def _state_dir(path: str) -> str:
   """The `state` item of the checkpoint that `path` names: a workdir (its latest step), a
-  checkpoint step directory, or that step's `state` directory."""
+  checkpoint step directory, or that step's `state` directory; ConfigError if it holds none."""
   path = os.path.abspath(os.path.expanduser(path))
   steps = checkpoint.steps_in(os.path.join(path, 'checkpoints'))
   if steps:  # a workdir: its latest complete step, as Orbax lists them
@@ -65,19 +56,43 @@ def _state_dir(path: str) -> str:
     return os.path.join(path, 'state')
   if os.path.exists(os.path.join(path, '_METADATA')):
     return path
-  raise ConfigError(f'init_from.path={path!r} holds no checkpoint; give a workdir of a finished run '
-                    f'or a checkpoint step directory')
+  raise ConfigError(
+    f'init_from.path={path!r} holds no checkpoint; give a workdir of a finished run '
+    f'or a checkpoint step directory'
+  )
 
 
 def check_source(config) -> None:
-  """ConfigError (before any compute) if init_from.path or its regexes cannot be used."""
+  """Checks init_from before any compute.
+
+  Args:
+    config: the experiment config (init_from.*).
+
+  Raises:
+    ConfigError: a bad include/exclude regex, or an init_from.path that holds no checkpoint.
+  """
   compile_patterns(config.init_from.include, 'init_from.include')
   compile_patterns(config.init_from.exclude, 'init_from.exclude')
   _state_dir(config.init_from.path)
 
 
 def load_pretrained(config, params, batch_stats):
-  """(params, batch_stats, info) with the included leaves taken from config.init_from.path."""
+  """(params, batch_stats, info) with the included leaves taken from config.init_from.path.
+
+  Args:
+    config: the experiment config (init_from.*).
+    params: the freshly initialised parameters.
+    batch_stats: the freshly initialised BatchNorm statistics ({} if none); a statistic follows
+      the include/exclude decision of its layer's `scale`.
+
+  Returns:
+    (params, batch_stats, info): the merged trees (leaves of another shape keep their fresh
+    values) and what run.json records: path, state_dir, counts, re-initialised leaves and the
+    source params' sha256.
+
+  Raises:
+    ConfigError: the checkpoint lacks an included leaf, or no leaf was loaded.
+  """
   include = compile_patterns(config.init_from.include, 'init_from.include')
   exclude = compile_patterns(config.init_from.exclude, 'init_from.exclude')
   state_dir = _state_dir(config.init_from.path)
@@ -106,13 +121,22 @@ def load_pretrained(config, params, batch_stats):
   params = merge(params, source.get('params'), 'params')
   batch_stats = merge(batch_stats, source.get('batch_stats'), 'batch_stats')
   if missing:
-    raise ConfigError(f'init_from.path={config.init_from.path!r} lacks {", ".join(missing[:6])}; '
-                      f'leave them out with --config.init_from.exclude')
+    raise ConfigError(
+      f'init_from.path={config.init_from.path!r} lacks {", ".join(missing[:6])}; '
+      f'leave them out with --config.init_from.exclude'
+    )
   if not loaded:
-    raise ConfigError(f'init_from: no parameter of {config.init_from.path!r} matches the new model '
-                      f'(include={tuple(config.init_from.include)}, exclude={tuple(config.init_from.exclude)})')
+    raise ConfigError(
+      f'init_from: no parameter of {config.init_from.path!r} matches the new model '
+      f'(include={tuple(config.init_from.include)}, exclude={tuple(config.init_from.exclude)})'
+    )
   if reinit:
     print(f'init_from: re-initialised (shape differs): {", ".join(reinit)}')
-  info = {'path': config.init_from.path, 'state_dir': state_dir, 'loaded': len(loaded),
-          'reinitialised': reinit, 'source_params_sha256': checkpoint.params_sha256(source.get('params'))}
+  info = {
+    'path': config.init_from.path,
+    'state_dir': state_dir,
+    'loaded': len(loaded),
+    'reinitialised': reinit,
+    'source_params_sha256': checkpoint.params_sha256(source.get('params')),
+  }
   return params, batch_stats, info

@@ -4,6 +4,7 @@ The session shares one XLA compilation cache (a fresh temporary directory, remov
 inherited by the runs that tests start as subprocesses: the suite compiles the same smoke-run
 programs many times over (a reference run, its interrupted twin, the resumed run, ...), and a
 cache hit is the same executable, so no result changes. Users' runs do not use it."""
+
 import atexit
 import contextlib
 import hashlib
@@ -14,17 +15,21 @@ import sys
 import tempfile
 import time
 
-os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                           ' --xla_force_host_platform_device_count=8').strip()
+os.environ['XLA_FLAGS'] = (
+  os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8'
+).strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   _CACHE = tempfile.mkdtemp(prefix='jaxvision-tests-xla-cache-')
   atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
-  os.environ.update(JAX_COMPILATION_CACHE_DIR=_CACHE, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-                    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='-1')
+  os.environ.update(
+    JAX_COMPILATION_CACHE_DIR=_CACHE,
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='-1',
+  )
 
-import jax  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
-import pytest  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,14 +43,18 @@ def tfds_dir(tmp_path_factory):
 def init_variables(model, rngs, *args, **kwargs):
   """`model.init(rngs, *args, **kwargs)` as the tasks draw it (`models.init`), in one jitted call:
   eager init compiles every random draw on its own, which costs seconds per model."""
-  from jaxvision import models  # pylint: disable=g-import-not-at-top
+  from jaxvision import models
+
   return jax.jit(lambda r: models.init(model, r, *args, **kwargs))(rngs)
 
 
 def load_config(name: str, preset: str = 'smoke', tfds_dir: str = '', **overrides):
   """configs/<name>.py:<preset> with dotted overrides (`optim__lr=0.1` is optim.lr)."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location(f'configs_{name}', os.path.join(ROOT, 'configs', f'{name}.py'))
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location(
+    f'configs_{name}', os.path.join(ROOT, 'configs', f'{name}.py')
+  )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config(preset)
@@ -68,7 +77,8 @@ def make_config(tfds_dir):
 def reference_run(tmp_path_factory, tfds_dir):
   """reference_run(name): the workdir of one uninterrupted run of configs/<name>.py:smoke on the
   8 devices, made once per session and shared; tests read it and must not write to it."""
-  from jaxvision import train  # pylint: disable=g-import-not-at-top
+  from jaxvision import train
+
   done = {}
 
   def get(name: str) -> str:
@@ -83,10 +93,12 @@ def reference_run(tmp_path_factory, tfds_dir):
 
 @contextlib.contextmanager
 def lowered_programs():
-  """Collects the names of the programs jax lowers (compiles or finds in a cache) inside the block."""
+  """Collects the names of the programs jax lowers (compiles or finds in a cache) inside the
+  block."""
   names = []
-  listener = lambda event, _secs, fun_name='', **kw: (names.append(fun_name)
-                                                     if event.endswith('jaxpr_to_mlir_module_duration') else None)
+  listener = lambda event, _secs, fun_name='', **kw: (
+    names.append(fun_name) if event.endswith('jaxpr_to_mlir_module_duration') else None
+  )
   jax.monitoring.register_event_duration_secs_listener(listener)
   try:
     yield names
@@ -97,8 +109,10 @@ def lowered_programs():
 def sigterm_at_step(monkeypatch, step: int):
   """Makes the loop's metric writer deliver a real SIGTERM to this process once it has written
   the metrics of `step`; returns a function that undoes it."""
-  import signal  # pylint: disable=g-import-not-at-top
-  from jaxvision import writers  # pylint: disable=g-import-not-at-top
+  import signal
+
+  from jaxvision import writers
+
   write = writers.MetricWriter.write
 
   def write_then_sigterm(self, at, scalars):
@@ -127,8 +141,14 @@ def run_py(*args, cwd, tfds_dir: str, timeout: float = 300, env: dict | None = N
   TFDS data dir comes from the environment (TFDS_DATA_DIR: mnist10k prepares itself there), not
   from a --config override, so the command is the one a user would type."""
   start = time.perf_counter()
-  proc = subprocess.run([sys.executable, 'run.py', *args], cwd=cwd, capture_output=True, text=True,
-                        timeout=timeout, env={**os.environ, 'TFDS_DATA_DIR': tfds_dir, **(env or {})})
+  proc = subprocess.run(
+    [sys.executable, 'run.py', *args],
+    cwd=cwd,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    env={**os.environ, 'TFDS_DATA_DIR': tfds_dir, **(env or {})},
+  )
   return proc, time.perf_counter() - start
 
 
@@ -136,7 +156,7 @@ def tree_snapshot(path) -> dict:
   """{relative path: (size, mtime_ns, sha256)} of every file under `path` ({} if absent), and
   every directory's mtime: equal snapshots mean nothing was written, removed or touched."""
   out = {}
-  for root, dirs, files in os.walk(path):
+  for root, _, files in os.walk(path):
     rel = os.path.relpath(root, path)
     out[rel + '/'] = os.stat(root).st_mtime_ns
     for name in files:
@@ -149,21 +169,39 @@ def tree_snapshot(path) -> dict:
 
 
 def _free_port() -> int:
-  import socket  # pylint: disable=g-import-not-at-top
+  import socket
+
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
     return s.getsockname()[1]
 
 
-def two_processes(program: list[str], args: list[str], env: dict | None = None, timeout: float = 240):
+def two_processes(
+  program: list[str], args: list[str], env: dict | None = None, timeout: float = 240
+):
   """Runs `program + args + multi-host flags` as 2 processes x 4 CPU devices on 127.0.0.1 (a
   jax.distributed job) from the repo root; returns [(exit code, stderr)] of process 0 and 1.
   Both are killed on the way out, whatever happened."""
   port = _free_port()
   env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=4', **(env or {})}
-  procs = [subprocess.Popen([sys.executable, *program, *args, f'--coordinator_address=127.0.0.1:{port}',
-                             '--num_processes=2', f'--process_id={i}'], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      [
+        sys.executable,
+        *program,
+        *args,
+        f'--coordinator_address=127.0.0.1:{port}',
+        '--num_processes=2',
+        f'--process_id={i}',
+      ],
+      cwd=ROOT,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
   try:
     outs = [p.communicate(timeout=timeout) for p in procs]
   finally:

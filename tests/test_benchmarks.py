@@ -1,31 +1,33 @@
 """The torch twins of benchmarks/torch_models.py against the jaxvision models they mirror:
 same parameter count and same output shapes at each model's default config (not timed)."""
+
 import os
 import sys
 
+import jax
+import jax.numpy as jnp
 import pytest
 
+from conftest import ROOT, load_config
+from jaxvision import tasks
+
 torch = pytest.importorskip('torch')
-
-import jax  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
-import jax.numpy as jnp  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
-
-from conftest import ROOT, load_config  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
-from jaxvision import tasks  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
-
 sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
-import torch_models  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+import torch_models  # noqa: E402  (found through the sys.path entry above)
 
 SHAPE = (28, 28, 1)  # mnist10k, what every default config trains on
 BATCH = 2
 
 
 def _jax_model(name):
-  """(config, abstract task state) of configs/<name>.py's default preset, as train.setup builds it."""
+  """(config, abstract task state) of configs/<name>.py's default preset, as experiment.setup
+  builds it."""
   file, preset = torch_models.config_file(name)
-  config = load_config(file[:-len('.py')], preset=preset)
+  config = load_config(file[: -len('.py')], preset=preset)
   sample = {'image': jnp.zeros((1, *SHAPE)), 'label': jnp.zeros((1,), jnp.int32)}
-  state = jax.eval_shape(lambda rng: tasks.get(config.task).init(config, rng, sample), jax.random.PRNGKey(0))
+  state = jax.eval_shape(
+    lambda rng: tasks.get(config.task).init(config, rng, sample), jax.random.PRNGKey(0)
+  )
   return config, state
 
 
@@ -35,8 +37,12 @@ def _jax_shapes(name, state) -> dict:
   if name == 'dcgan':
     v = {'params': state.params, 'batch_stats': state.batch_stats}
     z = jax.ShapeDtypeStruct((BATCH, model.latents), jnp.float32)
-    return {'generate': shape(lambda v, z: model.apply(v, z, None, train=False, method='generate'), v, z),
-            'discriminate': shape(lambda v, x: model.apply(v, x, None, train=False, method='discriminate'), v, x)}
+    return {
+      'generate': shape(lambda v, z: model.apply(v, z, None, train=False, method='generate'), v, z),
+      'discriminate': shape(
+        lambda v, x: model.apply(v, x, None, train=False, method='discriminate'), v, x
+      ),
+    }
   if name == 'conv_vae':
     v = {'params': state.params}
     mean, logvar = jax.eval_shape(lambda v, x: model.apply(v, x, None, method='encode'), v, x)

@@ -1,4 +1,6 @@
 """Balanced spectral clusters as pseudo-labels (data.clusters, the self-conditioned GAN)."""
+
+import dataclasses
 import json
 import re
 
@@ -7,7 +9,7 @@ import pytest
 from PIL import Image
 
 from jaxvision import config as config_lib
-from jaxvision import train
+from jaxvision import modes, tasks, train
 from jaxvision.data import clusters, pipeline
 
 
@@ -29,12 +31,12 @@ def test_balanced_assignment_fills_every_cluster_to_capacity():
 def _bar(shear: float, size: int = 28) -> np.ndarray:
   """An anti-aliased stroke 3 px wide from top to bottom whose column moves by `shear` per row."""
   r, c = np.mgrid[:size, :size]
-  distance = np.abs(c - (size / 2 + shear * (r - size / 2))) / np.sqrt(1 + shear ** 2)
+  distance = np.abs(c - (size / 2 + shear * (r - size / 2))) / np.sqrt(1 + shear**2)
   return np.clip(2.0 - distance, 0, 1).astype(np.float32) * 255
 
 
 def _tilt(image: np.ndarray) -> float:
-  r, c = np.mgrid[:image.shape[0], :image.shape[1]]
+  r, c = np.mgrid[: image.shape[0], : image.shape[1]]
   m = image.sum()
   mr, mc = (r * image).sum() / m, (c * image).sum() / m
   return ((r - mr) * (c - mc) * image).sum() / ((r - mr) ** 2 * image).sum()
@@ -68,11 +70,13 @@ def test_clusters_of_the_train_digits_are_mostly_one_digit_each(make_config):
   test = pipeline.load_split(config.data, config.data.eval_split)
   assert train.num_classes == test.num_classes == 30
   assert re.search(r'\[clusters=30,ids=[0-9a-f]{12}\]$', train.fingerprint)
-  assert test.fingerprint.endswith(train.fingerprint[train.fingerprint.rindex('['):])  # same fit
+  assert test.fingerprint.endswith(train.fingerprint[train.fingerprint.rindex('[') :])  # same fit
   plain = config.copy_and_resolve_references()
   plain.data.clusters = 0
-  labels = {s: np.asarray(pipeline.load_split(plain.data, s).read(np.arange(n))['label'])
-            for s, n in ((config.data.train_split, train.size), (config.data.eval_split, test.size))}
+  labels = {
+    s: np.asarray(pipeline.load_split(plain.data, s).read(np.arange(n))['label'])
+    for s, n in ((config.data.train_split, train.size), (config.data.eval_split, test.size))
+  }
   train_ids = np.asarray(train.read(np.arange(train.size))['label'])
   test_ids = np.asarray(test.read(np.arange(test.size))['label'])
   sizes = np.bincount(train_ids, minlength=30)
@@ -87,22 +91,32 @@ def test_clusters_of_the_train_digits_are_mostly_one_digit_each(make_config):
   np.testing.assert_array_equal(train.read(idx)['label'], train_ids[idx])
 
 
-@pytest.mark.parametrize('overrides,match', [
-    (dict(data__clusters=20, model__num_classes=10), 'data.clusters=20 .* needs model.num_classes=20, not 10'),
+@pytest.mark.parametrize(
+  'overrides,match',
+  [
+    (
+      dict(data__clusters=20, model__num_classes=10),
+      'data.clusters=20 .* needs model.num_classes=20, not 10',
+    ),
     (dict(data__clusters=-1), 'data.clusters=-1 must be >= 0'),
-    (dict(data__clusters=10, model__num_classes=10, data__synthetic__path='x.npz'),
-     'cannot be combined with data.synthetic.path'),
-])
+    (
+      dict(data__clusters=10, model__num_classes=10, data__synthetic__path='x.npz'),
+      'cannot be combined with data.synthetic.path',
+    ),
+  ],
+)
 def test_cluster_settings_that_cannot_work_are_refused_in_one_line(make_config, overrides, match):
   config = make_config('dcgan', 'smoke', **overrides)
   with pytest.raises(config_lib.ConfigError, match=match) as e:
-    config_lib.validate(config)
+    tasks.validate(config)
   assert '\n' not in str(e.value)
 
 
 def test_more_clusters_than_half_the_images_is_a_data_error(make_config):
   config = make_config('dcgan', 'smoke', data__clusters=5000, model__num_classes=5000)
-  with pytest.raises(pipeline.DataError, match='data.clusters=5000 must be between 2 and half the 8000'):
+  with pytest.raises(
+    pipeline.DataError, match='data.clusters=5000 must be between 2 and half the 8000'
+  ):
     pipeline.load_split(config.data, config.data.train_split)
 
 
@@ -116,16 +130,20 @@ def test_self_conditioned_dcgan_end_to_end(make_config, tmp_path):
     assert '[clusters=10,ids=' in json.load(f)['data']['train']
   grid = np.asarray(Image.open(tmp_path / 'samples' / 'samples_step_6.png'))
   assert grid.shape[:2] == (10 * 30 + 2, 8 * 30 + 2)  # a row of 8 per cluster, 28 px + 2 px borders
-  train.sample(make_config('dcgan', sample__n=12, **overrides), str(tmp_path))
+  modes.sample(make_config('dcgan', sample__n=12, **overrides), str(tmp_path))
   with np.load(tmp_path / 'samples' / 'step_6.npz') as f:
     assert 'labels' not in f
     np.testing.assert_array_equal(f['clusters'], np.arange(12) % 10)
 
 
-def test_a_conditional_gan_with_the_wrong_number_of_classes_is_refused_before_training(make_config, tmp_path):
+def test_a_conditional_gan_with_the_wrong_number_of_classes_is_refused_before_training(
+  make_config, tmp_path
+):
   # e.g. configs/dcgan.py with only --config.data.clusters=0: 30 embeddings for 10 digits
   config = make_config('dcgan', model__num_classes=30)
-  with pytest.raises(config_lib.ConfigError, match='model.num_classes=30 but mnist10k has 10 classes') as e:
+  with pytest.raises(
+    config_lib.ConfigError, match='model.num_classes=30 but mnist10k has 10 classes'
+  ) as e:
     train.train_and_evaluate(config, str(tmp_path))
   assert '\n' not in str(e.value) and not list(tmp_path.iterdir())
 
@@ -133,7 +151,40 @@ def test_a_conditional_gan_with_the_wrong_number_of_classes_is_refused_before_tr
 def test_the_default_dcgan_is_self_conditioned_and_plain_is_a_preset(make_config):
   default, plain = make_config('dcgan', ''), make_config('dcgan', 'plain')
   for config in (default, plain):
-    config_lib.validate(config)
+    tasks.validate(config)
   assert default.data.clusters == default.model.num_classes == 30
   assert plain.data.clusters == plain.model.num_classes == 0
-  assert (plain.data.batch_size, plain.train.steps) == (64, 8000)  # the earlier default, as measured
+  assert (plain.data.batch_size, plain.train.steps) == (
+    64,
+    8000,
+  )  # the earlier default, as measured
+
+
+def test_the_clusters_read_no_label(make_config):
+  """The claim behind a self-conditioned GAN: the clusters are found without the labels. The same
+  500 train images with their labels shuffled (and another fingerprint, so nothing is reused from
+  a cache) get the same cluster ids, and so do the test images placed by their nearest ones."""
+  config = make_config(
+    'dcgan', 'smoke', data__clusters=10, model__num_classes=10, data__per_class=50
+  )
+  train = pipeline.load_split(config.data, config.data.train_split, relabel=False)
+  test = pipeline.load_split(config.data, config.data.eval_split, relabel=False)
+  permutation = np.random.default_rng(0).permutation(train.size)
+  labels = np.asarray(train.read(np.arange(train.size))['label'])
+  read = train.read
+  shuffled = dataclasses.replace(
+    train,
+    read=lambda idx: {**read(idx), 'label': labels[permutation][np.asarray(idx)]},
+    fingerprint=train.fingerprint + '[labels shuffled]',
+  )
+  assert not np.array_equal(shuffled.read(np.arange(50))['label'], labels[:50])
+  ids = {}
+  for name, split in (('labels', train), ('shuffled', shuffled)):
+    relabelled = clusters.relabel(split, config.data, True, lambda split=split: split)
+    placed = clusters.relabel(test, config.data, False, lambda split=split: split)
+    ids[name] = (
+      np.asarray(relabelled.read(np.arange(split.size))['label']),
+      np.asarray(placed.read(np.arange(test.size))['label']),
+    )
+  np.testing.assert_array_equal(ids['shuffled'][0], ids['labels'][0])
+  np.testing.assert_array_equal(ids['shuffled'][1], ids['labels'][1])

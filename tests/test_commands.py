@@ -4,6 +4,7 @@ them: `python run.py ...` in a subprocess, from a clone's root, relative paths, 
 configs/cas.py:smoke trains on what `--mode sample` of the cgan smoke run wrote, the chain the
 README shows; configs/augment.py:smoke and transfer.py:smoke train as they are.
 """
+
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import run_py, tree_snapshot
+from jaxvision import writers
 
 GENERATORS = ('gan', 'dcgan', 'cgan', 'vae', 'conv_vae', 'cvae')
 CONDITIONAL = ('cgan', 'cvae')
@@ -57,10 +59,14 @@ def user(clone_root, tfds_dir):
       if name not in trained:
         if name == 'cas':
           self.train('cgan')
-          _ok(self('--config', 'configs/cgan.py:smoke', '--mode', 'sample', '--config.sample.n=64')[0])
+          _ok(
+            self('--config', 'configs/cgan.py:smoke', '--mode', 'sample', '--config.sample.n=64')[0]
+          )
           for written in ('step_6.npz', 'step_6'):
-            os.rename(os.path.join(clone_root, 'runs/cgan_smoke/samples', written),
-                      os.path.join(clone_root, 'runs', written.replace('step_6', 'cgan_smoke_samples')))
+            os.rename(
+              os.path.join(clone_root, 'runs/cgan_smoke/samples', written),
+              os.path.join(clone_root, 'runs', written.replace('step_6', 'cgan_smoke_samples')),
+            )
         trained[name] = self('--config', f'configs/{name}.py:smoke', *EXTRA.get(name, ()))[0]
       return trained[name], os.path.join(clone_root, 'runs', f'{name}_smoke')
 
@@ -71,7 +77,7 @@ def user(clone_root, tfds_dir):
 def test_smoke_preset_trains_resumes_and_evaluates_from_the_default_workdir(user, name):
   proc, workdir = user.train(name)
   _ok(proc)
-  info = json.load(open(os.path.join(workdir, 'run.json'), encoding='utf-8'))
+  info = writers.read_json(os.path.join(workdir, 'run.json'))
   assert info['workdir'] == os.path.join(str(user.root), 'runs', f'{name}_smoke')  # resolved once
   events = _events(workdir)
   assert [e['step'] for e in events if 'train/loss' in e] == [2, 4, 6]
@@ -87,11 +93,18 @@ def test_smoke_preset_trains_resumes_and_evaluates_from_the_default_workdir(user
   again, _ = user('--config', f'configs/{name}.py:smoke', *EXTRA.get(name, ()))
   _ok(again)
   assert 'resuming' in again.stderr and _printed(again.stdout) == printed
-  assert _events(workdir) == events and tree_snapshot(os.path.join(workdir, 'checkpoints')) == checkpoints
-  rerun = json.load(open(os.path.join(workdir, 'run.json'), encoding='utf-8'))
-  assert rerun['resumed_from_step'] == 6 and rerun['final_params_sha256'] == info['final_params_sha256']
+  assert (
+    _events(workdir) == events
+    and tree_snapshot(os.path.join(workdir, 'checkpoints')) == checkpoints
+  )
+  rerun = writers.read_json(os.path.join(workdir, 'run.json'))
+  assert (
+    rerun['resumed_from_step'] == 6 and rerun['final_params_sha256'] == info['final_params_sha256']
+  )
 
-  evaluated, _ = user('--config', f'configs/{name}.py:smoke', *EXTRA.get(name, ()), '--mode', 'eval')
+  evaluated, _ = user(
+    '--config', f'configs/{name}.py:smoke', *EXTRA.get(name, ()), '--mode', 'eval'
+  )
   _ok(evaluated)
   shown = _printed(evaluated.stdout)
   assert shown.pop('step') == '6'
@@ -102,7 +115,9 @@ def test_smoke_preset_trains_resumes_and_evaluates_from_the_default_workdir(user
 def test_sample_mode_writes_pngs_and_an_npz(user, name):
   proc, workdir = user.train(name)
   _ok(proc)
-  sampled, _ = user('--config', f'configs/{name}.py:smoke', '--mode', 'sample', '--config.sample.n=10')
+  sampled, _ = user(
+    '--config', f'configs/{name}.py:smoke', '--mode', 'sample', '--config.sample.n=10'
+  )
   _ok(sampled)
   out = os.path.join(workdir, 'samples', 'step_6')
   assert sorted(os.listdir(out)) == [f'{i:05d}.png' for i in range(10)]
@@ -110,7 +125,10 @@ def test_sample_mode_writes_pngs_and_an_npz(user, name):
   again, _ = user('--config', f'configs/{name}.py:smoke', '--mode', 'sample', '--config.sample.n=3')
   _ok(again)  # the earlier samples move aside, nothing is deleted
   assert f'moved the earlier samples to {out}.1' in again.stderr
-  assert sorted(os.listdir(out)) == [f'{i:05d}.png' for i in range(3)] and len(os.listdir(out + '.1')) == 10
+  assert (
+    sorted(os.listdir(out)) == [f'{i:05d}.png' for i in range(3)]
+    and len(os.listdir(out + '.1')) == 10
+  )
   with np.load(out + '.1.npz') as f:
     np.testing.assert_array_equal(f['images'], earlier['images'])
   images = earlier['images']
@@ -126,12 +144,18 @@ def test_sample_mode_writes_pngs_and_an_npz(user, name):
 def test_explain_mode_writes_figures_whose_attributions_are_complete(user, name):
   proc, workdir = user.train(name)
   _ok(proc)
-  explained, _ = user('--config', f'configs/{name}.py:smoke', *EXTRA.get(name, ()), '--mode', 'explain',
-                      '--config.explain.n=3')
+  explained, _ = user(
+    '--config',
+    f'configs/{name}.py:smoke',
+    *EXTRA.get(name, ()),
+    '--mode',
+    'explain',
+    '--config.explain.n=3',
+  )
   _ok(explained)
   out = os.path.join(workdir, 'explain')
   assert len([f for f in os.listdir(out) if f.endswith('.png')]) == 3
-  summary = json.load(open(os.path.join(out, 'summary.json'), encoding='utf-8'))
+  summary = writers.read_json(os.path.join(out, 'summary.json'))
   assert summary['step'] == 6 and len(summary['images']) == 3
   assert summary['max_completeness_error'] < 0.05  # integrated gradients sum to f(x) - f(baseline)
 
@@ -142,7 +166,8 @@ def test_explain_refuses_digit_sequences_in_one_line(user):
   before = tree_snapshot(workdir)
   refused, _ = user('--config', 'configs/cnn_rnn.py:smoke', '--mode', 'explain')
   assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
-      'error: --mode explain needs single images; digit_sequences gives image of shape (4, 28, 28, 1)']
+    'error: --mode explain needs single images; digit_sequences gives image of shape (4, 28, 28, 1)'
+  ]
   assert tree_snapshot(workdir) == before
 
 
@@ -156,14 +181,14 @@ def test_any_workdir_a_user_types_works(user, tmp_path, form):
   real.mkdir()
   (tmp_path / 'link').symlink_to(real)
   typed, resolved = {
-      'relative with spaces': ('runs/my run', os.path.join(str(user.root), 'runs', 'my run')),
-      'home': ('~/runs/cnn', str(home / 'runs' / 'cnn')),
-      'symlink': (str(tmp_path / 'link' / 'cnn'), str(tmp_path / 'link' / 'cnn')),
+    'relative with spaces': ('runs/my run', os.path.join(str(user.root), 'runs', 'my run')),
+    'home': ('~/runs/cnn', str(home / 'runs' / 'cnn')),
+    'symlink': (str(tmp_path / 'link' / 'cnn'), str(tmp_path / 'link' / 'cnn')),
   }[form]
   env = {'HOME': str(home)}
   proc, _ = user('--config', 'configs/cnn.py:smoke', '--workdir', typed, env=env)
   _ok(proc)
-  info = json.load(open(os.path.join(resolved, 'run.json'), encoding='utf-8'))
+  info = writers.read_json(os.path.join(resolved, 'run.json'))
   assert info['workdir'] == resolved and _steps(resolved) == [3, 6]
   other_spelling = os.path.realpath(resolved)  # e.g. the symlink's target, the absolute path
   again, _ = user('--config', 'configs/cnn.py:smoke', '--workdir', other_spelling, env=env)
@@ -176,27 +201,44 @@ def test_sigterm_and_ctrl_c_save_the_step_and_exit_143_and_130(user, tmp_path, t
   so, and the exit code is 128 + the signal; the same command then finishes the run."""
   wrapper = tmp_path / 'signal_at_step_4.py'
   wrapper.write_text(
-      'import os, runpy, signal, sys\n'
-      'from jaxvision import writers\n'
-      'write = writers.MetricWriter.write\n'
-      'def write_then_signal(self, step, scalars):\n'
-      '  write(self, step, scalars)\n'
-      '  if step == 4:\n'
-      '    os.kill(os.getpid(), int(os.environ["SIGNAL"]))\n'
-      'writers.MetricWriter.write = write_then_signal\n'
-      'sys.argv = ["run.py"] + sys.argv[1:]\n'
-      'runpy.run_path("run.py", run_name="__main__")\n')
+    'import os, runpy, signal, sys\n'
+    'from jaxvision import writers\n'
+    'write = writers.MetricWriter.write\n'
+    'def write_then_signal(self, step, scalars):\n'
+    '  write(self, step, scalars)\n'
+    '  if step == 4:\n'
+    '    os.kill(os.getpid(), int(os.environ["SIGNAL"]))\n'
+    'writers.MetricWriter.write = write_then_signal\n'
+    'sys.argv = ["run.py"] + sys.argv[1:]\n'
+    'runpy.run_path("run.py", run_name="__main__")\n'
+  )
   for signum, code, name in ((signal.SIGTERM, 143, 'SIGTERM'), (signal.SIGINT, 130, 'SIGINT')):
     workdir = f'runs/signal_{code}'
-    proc = subprocess.run([sys.executable, str(wrapper), '--config', 'configs/cnn.py:smoke', '--workdir',
-                           workdir, '--config.train.log_every=1'], cwd=user.root, capture_output=True,
-                          text=True, timeout=300,
-                          env={**os.environ, 'TFDS_DATA_DIR': tfds_dir, 'SIGNAL': str(int(signum))})
-    lines = [l for l in proc.stderr.splitlines() if 'train:' not in l and l.strip()]
+    proc = subprocess.run(
+      [
+        sys.executable,
+        str(wrapper),
+        '--config',
+        'configs/cnn.py:smoke',
+        '--workdir',
+        workdir,
+        '--config.train.log_every=1',
+      ],
+      cwd=user.root,
+      capture_output=True,
+      text=True,
+      timeout=300,
+      env={**os.environ, 'TFDS_DATA_DIR': tfds_dir, 'SIGNAL': str(int(signum))},
+    )
+    lines = [line for line in proc.stderr.splitlines() if 'train:' not in line and line.strip()]
     assert proc.returncode == code, proc.stderr[-3000:]
-    assert lines[-1] == (f'{name} at step 4: checkpoint saved in {user.root}/{workdir}; run the same '
-                         f'command again to resume'), lines
+    assert lines[-1] == (
+      f'{name} at step 4: checkpoint saved in {user.root}/{workdir}; run the same '
+      f'command again to resume'
+    ), lines
     assert _steps(os.path.join(user.root, workdir)) == [3, 4]
-    again, _ = user('--config', 'configs/cnn.py:smoke', '--workdir', workdir, '--config.train.log_every=1')
+    again, _ = user(
+      '--config', 'configs/cnn.py:smoke', '--workdir', workdir, '--config.train.log_every=1'
+    )
     _ok(again)
     assert _steps(os.path.join(user.root, workdir)) == [3, 4, 6]

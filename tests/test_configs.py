@@ -1,4 +1,5 @@
 """Every config file has a `smoke` preset that validates, and unknown presets are refused."""
+
 import glob
 import os
 
@@ -7,14 +8,16 @@ import pytest
 
 from conftest import ROOT, load_config
 from jaxvision import config as config_lib
-from jaxvision import train, writers
+from jaxvision import tasks, train, writers
 
 NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 'configs', '*.py')))
 
 
 def _fake_samples(path):
   rng = np.random.default_rng(0)
-  np.savez(path, images=rng.integers(0, 256, (64, 28, 28, 1), dtype=np.uint8), labels=np.arange(64) % 10)
+  np.savez(
+    path, images=rng.integers(0, 256, (64, 28, 28, 1), dtype=np.uint8), labels=np.arange(64) % 10
+  )
   return str(path)
 
 
@@ -40,20 +43,27 @@ def test_cas_smoke_trains_only_on_the_samples_and_a_finetune_starts_from_it(make
 
 def test_cas_with_an_empty_samples_path_is_refused():
   # An explicit empty path passes the required-value check; the CAS mode still needs samples.
-  with pytest.raises(config_lib.ConfigError, match='data.synthetic.mode=only needs data.synthetic.path'):
-    config_lib.validate(load_config('cas', data__synthetic__path=''))
+  with pytest.raises(
+    config_lib.ConfigError, match='data.synthetic.mode=only needs data.synthetic.path'
+  ):
+    tasks.validate(load_config('cas', data__synthetic__path=''))
 
 
-@pytest.mark.parametrize('preset, key', [('synthetic', 'data.synthetic.path'), ('finetune', 'init_from.path')])
+@pytest.mark.parametrize(
+  'preset, key', [('synthetic', 'data.synthetic.path'), ('finetune', 'init_from.path')]
+)
 def test_augment_presets_name_the_path_they_need(preset, key):
   with pytest.raises(config_lib.ConfigError, match=f'{key} is required by this config'):
-    config_lib.validate(load_config('augment', preset))
-  config_lib.validate(load_config('augment', preset, **{key.replace('.', '__'): 'runs/x'}))
+    tasks.validate(load_config('augment', preset))
+  tasks.validate(load_config('augment', preset, **{key.replace('.', '__'): 'runs/x'}))
 
 
 def test_augment_smoke_adds_the_samples_to_1000_real_digits(make_config, tmp_path):
-  config = make_config('augment', data__synthetic__path=_fake_samples(tmp_path / 'samples.npz'),
-                       data__synthetic__mode='add')
+  config = make_config(
+    'augment',
+    data__synthetic__path=_fake_samples(tmp_path / 'samples.npz'),
+    data__synthetic__mode='add',
+  )
   final = train.train_and_evaluate(config, str(tmp_path / 'w'))
   assert np.isfinite(final['eval/loss'])
   train_data = writers.read_json(str(tmp_path / 'w' / 'run.json'))['data']['train']

@@ -1,13 +1,12 @@
 """mnist10k, the TFDS-name path and the deterministic input pipeline."""
+
 import hashlib
 from importlib import resources
 
-import grain
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from jaxvision import config as config_lib
 from jaxvision.data import mnist10k, pipeline
 
 
@@ -25,7 +24,9 @@ def test_mnist10k_splits_sizes_and_labels(make_config):
   test = pipeline.load_split(config.data, 'test')
   assert (train.size, test.size) == (8000, 2000)
   assert train.image_shape == (28, 28, 1) and train.num_classes == 10
-  all_labels = np.concatenate([train.read(np.arange(8000))['label'], test.read(np.arange(2000))['label']])
+  all_labels = np.concatenate(
+    [train.read(np.arange(8000))['label'], test.read(np.arange(2000))['label']]
+  )
   # Label counts of the whole official MNIST test split.
   assert np.bincount(all_labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
   # index % 5 == 0 is test, in file order; the images are the shipped ones.
@@ -40,8 +41,10 @@ def test_mnist10k_splits_sizes_and_labels(make_config):
 
 def test_mnist10k_is_decoded_once_per_process(make_config, monkeypatch):
   monkeypatch.setattr(pipeline, '_OFFLINE_SPLITS', {})
-  decoded, stack = [], pipeline._stack  # pylint: disable=protected-access
-  monkeypatch.setattr(pipeline, '_stack', lambda examples: decoded.append(len(examples)) or stack(examples))
+  decoded, stack = [], pipeline._stack
+  monkeypatch.setattr(
+    pipeline, '_stack', lambda examples: decoded.append(len(examples)) or stack(examples)
+  )
   config = make_config('cnn')
   first, again = pipeline.load_split(config.data, 'test'), pipeline.load_split(config.data, 'test')
   assert decoded == [2000]
@@ -68,7 +71,9 @@ def test_train_order_is_a_function_of_seed_and_step(make_config):
   other = make_config('cnn', data__batch_size=64, seed=1)
   c, _ = _batches(other, split, 1)
   assert not np.array_equal(a[0]['label'], c[0]['label'])
-  assert a[0]['image'].dtype == np.float32 and a[0]['image'].max() <= 1.0 and a[0]['image'].min() >= 0.0
+  assert (
+    a[0]['image'].dtype == np.float32 and a[0]['image'].max() <= 1.0 and a[0]['image'].min() >= 0.0
+  )
 
 
 def test_every_epoch_is_a_new_permutation_of_the_split(make_config):

@@ -1,4 +1,5 @@
 """Saliency and integrated gradients, and `--mode explain`."""
+
 import json
 import os
 
@@ -9,18 +10,21 @@ import pytest
 from PIL import Image
 
 from jaxvision import config as config_lib
-from jaxvision import train
+from jaxvision import experiment, modes, train
 from jaxvision.evaluate import explain
 
 
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory, tfds_dir):
-  from conftest import load_config  # pylint: disable=g-import-not-at-top
+  from conftest import load_config
+
   workdir = str(tmp_path_factory.mktemp('explain'))
-  config = load_config('cnn', 'smoke', tfds_dir, train__steps=30, train__eval_every=30, train__ckpt_every=30)
+  config = load_config(
+    'cnn', 'smoke', tfds_dir, train__steps=30, train__eval_every=30, train__ckpt_every=30
+  )
   train.train_and_evaluate(config, workdir)
-  exp = train.setup(config, workdir)
-  _, state = train.restore_latest(exp)
+  exp = experiment.setup(config, workdir)
+  _, state = experiment.restore_latest(exp)
   return config, workdir, state
 
 
@@ -34,7 +38,7 @@ def test_saliency_is_the_gradient_of_the_target_logit(trained):
   target = jnp.array([1, 4, 7])
   sal = explain.saliency(_logit_fn(state), x, target)
   for i in range(3):
-    g = jax.grad(lambda v: _logit_fn(state)(v[None])[0, target[i]])(x[i])
+    g = jax.grad(lambda v, i=i: _logit_fn(state)(v[None])[0, target[i]])(x[i])
     np.testing.assert_allclose(sal[i], jnp.max(jnp.abs(g), -1), rtol=1e-5, atol=1e-7)
 
 
@@ -57,7 +61,7 @@ def test_explain_mode_writes_one_figure_per_image_and_a_summary(trained):
   config, workdir, _ = trained
   config = config.copy_and_resolve_references()
   config.explain.n = 5
-  out = explain.explain(config, workdir)
+  out = modes.explain(config, workdir)
   assert out['explained'] == 5 and out['max_completeness_error'] < 0.01
   files = sorted(f for f in os.listdir(os.path.join(workdir, 'explain')) if f.endswith('.png'))
   assert len(files) == 5 and files[0].startswith('000_true')
@@ -66,9 +70,11 @@ def test_explain_mode_writes_one_figure_per_image_and_a_summary(trained):
   with open(os.path.join(workdir, 'explain', 'summary.json'), encoding='utf-8') as f:
     summary = json.load(f)
   assert [r['index'] for r in summary['images']] == list(range(5))
-  assert all(f'_true{r["true"]}_pred{r["pred"]}.png' in files[r['index']] for r in summary['images'])
+  assert all(
+    f'_true{r["true"]}_pred{r["pred"]}.png' in files[r['index']] for r in summary['images']
+  )
 
 
 def test_explain_refuses_generative_tasks_in_one_line(make_config, tmp_path):
   with pytest.raises(config_lib.ConfigError, match='explains classifiers'):
-    explain.explain(make_config('vae'), str(tmp_path))
+    modes.explain(make_config('vae'), str(tmp_path))

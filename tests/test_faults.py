@@ -1,10 +1,12 @@
 """Faults: SIGKILL at a random point of a run, and a disk that fills up while saving."""
+
 import errno
 import json
 import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import orbax.checkpoint as ocp
 import pytest
@@ -14,7 +16,7 @@ from jaxvision import checkpoint, errors, train, writers
 
 # run.py in a child process that SIGKILLs itself at its step-4 metrics, once the periodic
 # checkpoint of step 3 is on disk: no graceful save, the process just disappears.
-_KILLED_AT_STEP_4 = '''
+_KILLED_AT_STEP_4 = """
 import os, runpy, signal, sys, time
 from jaxvision import writers
 write = writers.MetricWriter.write
@@ -30,7 +32,7 @@ def write_then_die(self, step, scalars):
 writers.MetricWriter.write = write_then_die
 sys.argv = ['run.py'] + sys.argv[1:]
 runpy.run_path('run.py', run_name='__main__')
-'''
+"""
 
 
 def _sha(workdir):
@@ -38,14 +40,28 @@ def _sha(workdir):
 
 
 @pytest.mark.parametrize('name', ['cnn', 'dcgan', 'vae'])
-def test_sigkill_then_resume_equals_the_uninterrupted_run(make_config, reference_run, tmp_path, tfds_dir,
-                                                          name):
+def test_sigkill_then_resume_equals_the_uninterrupted_run(
+  make_config, reference_run, tmp_path, tfds_dir, name
+):
   config = make_config(name)
   reference = reference_run(name)
   killed = str(tmp_path / 'killed')
-  proc = subprocess.run([sys.executable, '-c', _KILLED_AT_STEP_4, '--config', f'configs/{name}.py:smoke',
-                         '--workdir', killed, f'--config.data.tfds_dir={tfds_dir}'],
-                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      '-c',
+      _KILLED_AT_STEP_4,
+      '--config',
+      f'configs/{name}.py:smoke',
+      '--workdir',
+      killed,
+      f'--config.data.tfds_dir={tfds_dir}',
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == -9, proc.stderr[-2000:]
   assert checkpoint.Checkpointer(os.path.join(killed, 'checkpoints'), 3).all_steps() == [3]
   train.train_and_evaluate(config, killed)  # the same command again
@@ -53,8 +69,9 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run(make_config, reference
   assert _sha(killed) == _sha(reference)
 
 
-def test_disk_full_while_saving_is_one_line_and_keeps_the_earlier_checkpoints(make_config, reference_run,
-                                                                               tmp_path, monkeypatch):
+def test_disk_full_while_saving_is_one_line_and_keeps_the_earlier_checkpoints(
+  make_config, reference_run, tmp_path, monkeypatch
+):
   config = make_config('cnn')
   reference = reference_run('cnn')
   save = ocp.CheckpointManager.save
@@ -77,8 +94,9 @@ def test_disk_full_while_saving_is_one_line_and_keeps_the_earlier_checkpoints(ma
   assert _sha(workdir) == _sha(reference)
 
 
-def test_a_rerun_past_an_unreadable_latest_checkpoint_moves_it_aside_and_finishes(reference_run, clone_root,
-                                                                                   tfds_dir):
+def test_a_rerun_past_an_unreadable_latest_checkpoint_moves_it_aside_and_finishes(
+  reference_run, clone_root, tfds_dir
+):
   """The largest file of the latest step truncated (a copy of a finished run): the same command
   falls back to the step before, moves the unreadable one aside (renamed, not deleted), trains
   to the end, and ends with the uninterrupted run's params and metrics."""
@@ -91,9 +109,15 @@ def test_a_rerun_past_an_unreadable_latest_checkpoint_moves_it_aside_and_finishe
   size = os.path.getsize(largest)
   with open(largest, 'r+b') as f:
     f.truncate(size // 2)
-  for attempt in range(2):  # and a second rerun of the finished run changes nothing
-    proc, _ = run_py('--config', 'configs/cnn.py:smoke', '--workdir', 'runs/truncated', cwd=clone_root,
-                     tfds_dir=tfds_dir)
+  for _ in range(2):  # and a second rerun of the finished run changes nothing
+    proc, _ = run_py(
+      '--config',
+      'configs/cnn.py:smoke',
+      '--workdir',
+      'runs/truncated',
+      cwd=clone_root,
+      tfds_dir=tfds_dir,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert 'Traceback' not in proc.stderr
   moved = os.path.join(workdir, 'checkpoints_unreadable', '6')
@@ -102,14 +126,14 @@ def test_a_rerun_past_an_unreadable_latest_checkpoint_moves_it_aside_and_finishe
   assert _sha(workdir) == _sha(reference)
   # the same rows; the evals equal (a train row averages the steps since the last row that this
   # process ran, so the first one after a resume averages fewer)
-  rows = lambda w: list(map(json.loads, open(os.path.join(w, 'metrics.jsonl'), encoding='utf-8')))
+  rows = lambda w: [json.loads(line) for line in Path(w, 'metrics.jsonl').read_text().splitlines()]
   assert [e['step'] for e in rows(workdir)] == [e['step'] for e in rows(reference)]
   evals = lambda w: [e for e in rows(w) if 'eval/loss' in e]
   assert evals(workdir) == evals(reference)
 
 
 # run.py in a child process with a fault the code does not expect, injected by FAULT.
-_FAULTY = '''
+_FAULTY = """
 import os, runpy, sys
 import orbax.checkpoint as ocp
 from jaxvision import train
@@ -130,19 +154,29 @@ elif fault == 'in the loop':
   train.check_finite = broken
 sys.argv = ['run.py'] + sys.argv[1:]
 runpy.run_path('run.py', run_name='__main__')
-'''
+"""
 
 
-@pytest.mark.parametrize('fault, message', [
+@pytest.mark.parametrize(
+  'fault, message',
+  [
     ('async write', 'error: ValueError: OUT_OF_RANGE: tensorstore could not write'),
     ('in the loop', 'error: RuntimeError: something nobody expected'),
-])
-def test_whatever_escapes_is_one_line_with_the_traceback_in_the_workdir(clone_root, tfds_dir, fault, message):
+  ],
+)
+def test_whatever_escapes_is_one_line_with_the_traceback_in_the_workdir(
+  clone_root, tfds_dir, fault, message
+):
   workdir = os.path.join(clone_root, 'runs', fault.replace(' ', '_'))
-  proc = subprocess.run([sys.executable, '-c', _FAULTY, '--config', 'configs/cnn.py:smoke', '--workdir',
-                         workdir], cwd=clone_root, capture_output=True, text=True, timeout=300,
-                        env={**os.environ, 'TFDS_DATA_DIR': tfds_dir, 'FAULT': fault})
-  lines = [l for l in proc.stderr.splitlines() if l.strip() and 'train:' not in l]
+  proc = subprocess.run(
+    [sys.executable, '-c', _FAULTY, '--config', 'configs/cnn.py:smoke', '--workdir', workdir],
+    cwd=clone_root,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env={**os.environ, 'TFDS_DATA_DIR': tfds_dir, 'FAULT': fault},
+  )
+  lines = [line for line in proc.stderr.splitlines() if line.strip() and 'train:' not in line]
   log = os.path.join(workdir, 'error.log')
   assert proc.returncode == 1, proc.stderr[-3000:]
   assert lines == [f'{message} (the full traceback is in {log})'], lines

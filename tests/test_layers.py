@@ -1,4 +1,5 @@
 """Tests for jaxvision.models.layers: im2col conv == XLA conv, fast max-pool."""
+
 import functools
 
 import flax.linen as nn
@@ -12,14 +13,14 @@ from jaxvision.models.layers import Conv, Dropout, conv2d, max_pool_2x2
 # name: (batch, height, width, cin, cout, kernel (kh, kw), strides, padding, chunk).
 # kh*kw*cin <= 32 takes the direct (no patch tensor) forward, larger the matmul.
 CASES = {
-    '3x3_valid_s1_cin1_ragged': (7, 9, 8, 1, 8, (3, 3), (1, 1), 'VALID', 3),
-    '3x3_same_s1_cin3': (6, 10, 9, 3, 8, (3, 3), (1, 1), 'SAME', 2),
-    '3x3_same_s2_cin3_ragged': (5, 11, 10, 3, 8, (3, 3), (2, 2), 'SAME', 2),
-    '3x3_valid_s1_cin8_ragged': (5, 8, 7, 8, 6, (3, 3), (1, 1), 'VALID', 2),
-    '3x3_same_s2_cin4': (4, 11, 10, 4, 8, (3, 3), (2, 2), 'SAME', 2),
-    '1x1_s2_cin40_chunk_gt_batch': (4, 9, 10, 40, 8, (1, 1), (2, 2), 'SAME', 16),
-    '7x7_same_s2_cin3': (4, 16, 15, 3, 8, (7, 7), (2, 2), 'SAME', 2),
-    '3x2_explicit_pads_s3x2': (5, 12, 11, 6, 4, (3, 2), (3, 2), ((2, -1), (0, 3)), 2),
+  '3x3_valid_s1_cin1_ragged': (7, 9, 8, 1, 8, (3, 3), (1, 1), 'VALID', 3),
+  '3x3_same_s1_cin3': (6, 10, 9, 3, 8, (3, 3), (1, 1), 'SAME', 2),
+  '3x3_same_s2_cin3_ragged': (5, 11, 10, 3, 8, (3, 3), (2, 2), 'SAME', 2),
+  '3x3_valid_s1_cin8_ragged': (5, 8, 7, 8, 6, (3, 3), (1, 1), 'VALID', 2),
+  '3x3_same_s2_cin4': (4, 11, 10, 4, 8, (3, 3), (2, 2), 'SAME', 2),
+  '1x1_s2_cin40_chunk_gt_batch': (4, 9, 10, 40, 8, (1, 1), (2, 2), 'SAME', 16),
+  '7x7_same_s2_cin3': (4, 16, 15, 3, 8, (7, 7), (2, 2), 'SAME', 2),
+  '3x2_explicit_pads_s3x2': (5, 12, 11, 6, 4, (3, 2), (3, 2), ((2, -1), (0, 3)), 2),
 }
 
 
@@ -42,8 +43,9 @@ def test_im2col_matches_xla(case):
   b, h, w, cin, cout, k, s, pad, chunk = CASES[case]
   x, kernel = _normal(0, (b, h, w, cin)), _normal(1, (*k, cin, cout))
   g = _normal(2, jax.eval_shape(lambda: conv2d(x, kernel, strides=s, padding=pad)).shape)
-  run = lambda impl: jax.jit(functools.partial(
-      _conv_and_grads, strides=s, padding=pad, impl=impl, chunk=chunk))(x, kernel, g)
+  run = lambda impl: jax.jit(
+    functools.partial(_conv_and_grads, strides=s, padding=pad, impl=impl, chunk=chunk)
+  )(x, kernel, g)
   for name, got, want in zip(('y', 'dx', 'dkernel'), run('im2col'), run('xla')):
     assert got.shape == want.shape, name
     assert _rel_err(got, want) < 1e-4, name
@@ -54,7 +56,11 @@ def test_im2col_batch_sharded():
   if n < 2:
     pytest.skip('needs several (e.g. forced host) devices')
   mesh = jax.sharding.Mesh(np.array(jax.devices()), ('data',))
-  x, kernel, g = _normal(0, (2 * n, 6, 6, 4)), _normal(1, (3, 3, 4, 4)), _normal(2, (2 * n, 6, 6, 4))
+  x, kernel, g = (
+    _normal(0, (2 * n, 6, 6, 4)),
+    _normal(1, (3, 3, 4, 4)),
+    _normal(2, (2 * n, 6, 6, 4)),
+  )
   xs = jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data')))
   f = lambda impl: jax.jit(functools.partial(_conv_and_grads, impl=impl, chunk=n))
   got, want = f('im2col')(xs, kernel, g), f('xla')(x, kernel, g)
@@ -64,8 +70,10 @@ def test_im2col_batch_sharded():
 
 
 def test_im2col_bfloat16():
-  x, kernel, g = (_normal(i, s).astype(jnp.bfloat16)
-                   for i, s in enumerate([(3, 6, 6, 4), (3, 3, 4, 4), (3, 6, 6, 4)]))
+  x, kernel, g = (
+    _normal(i, s).astype(jnp.bfloat16)
+    for i, s in enumerate([(3, 6, 6, 4), (3, 3, 4, 4), (3, 6, 6, 4)])
+  )
   run = lambda impl: jax.jit(functools.partial(_conv_and_grads, impl=impl, chunk=2))(x, kernel, g)
   for got, want in zip(run('im2col'), run('xla')):
     assert got.dtype == jnp.bfloat16
@@ -113,7 +121,8 @@ def test_max_pool_2x2_matches_nn_max_pool(shape):
 
 
 def test_dropout_is_flax_dropout_bit_for_bit_and_keeps_the_batch_axis_its_own():
-  """layers.Dropout (masks through parallel.batch_rows for the pmap path) draws flax's mask under jit."""
+  """layers.Dropout (masks through parallel.batch_rows for the pmap path) draws flax's mask under
+  jit."""
   x = jnp.arange(2 * 3 * 5, dtype=jnp.float32).reshape(2, 3, 5) + 1.0
   rngs = {'dropout': jax.random.PRNGKey(3)}
   for dims in ((), (1,)):

@@ -1,4 +1,5 @@
 """Model shapes and the classification task's pure functions."""
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -7,7 +8,7 @@ import pytest
 
 from conftest import init_variables
 from jaxvision import config as config_lib
-from jaxvision import models
+from jaxvision import models, tasks
 from jaxvision.models import cnn
 from jaxvision.tasks import classification
 
@@ -35,10 +36,15 @@ def test_conv_impls_share_parameters_and_outputs():
   x = jax.random.normal(jax.random.PRNGKey(1), (4, 28, 28, 1))
   fast, ref = cnn.CNN(conv_impl='im2col'), cnn.CNN(conv_impl='xla')
   variables = init_variables(fast, {'params': jax.random.PRNGKey(0)}, x, train=False)
-  chex.assert_trees_all_equal_shapes(variables, jax.eval_shape(
-      lambda: ref.init({'params': jax.random.PRNGKey(0)}, x, train=False)))
-  np.testing.assert_allclose(fast.apply(variables, x, train=False), ref.apply(variables, x, train=False),
-                             rtol=1e-4, atol=1e-4)
+  chex.assert_trees_all_equal_shapes(
+    variables, jax.eval_shape(lambda: ref.init({'params': jax.random.PRNGKey(0)}, x, train=False))
+  )
+  np.testing.assert_allclose(
+    fast.apply(variables, x, train=False),
+    ref.apply(variables, x, train=False),
+    rtol=1e-4,
+    atol=1e-4,
+  )
 
 
 def test_models_init_draws_the_variables_of_model_init_bit_for_bit():
@@ -50,23 +56,34 @@ def test_models_init_draws_the_variables_of_model_init_bit_for_bit():
   ours = jax.jit(lambda r: models.init(model, r, x, train=False))(rngs)
   theirs = jax.jit(lambda r: model.init(r, x, train=False))(rngs)
   chex.assert_trees_all_equal(ours, theirs)
-  assert all(np.std(k) > 0 for k in jax.tree.leaves(ours['params']) if k.ndim > 1)  # random, not zeros
-  one_key = jax.jit(lambda r: models.init(model, r, x, train=False))(jax.random.PRNGKey(3))  # = {'params': r}
+  assert all(
+    np.std(k) > 0 for k in jax.tree.leaves(ours['params']) if k.ndim > 1
+  )  # random, not zeros
+  one_key = jax.jit(lambda r: models.init(model, r, x, train=False))(
+    jax.random.PRNGKey(3)
+  )  # = {'params': r}
   chex.assert_trees_all_equal(one_key, ours)
 
 
 def _state_and_batch(make_config, **overrides):
   config = make_config('cnn', **overrides)
   rng = np.random.default_rng(0)
-  batch = {'image': jnp.asarray(rng.uniform(size=(32, 28, 28, 1)), jnp.float32),
-           'label': jnp.asarray(rng.integers(0, 10, 32), jnp.int32)}
+  batch = {
+    'image': jnp.asarray(rng.uniform(size=(32, 28, 28, 1)), jnp.float32),
+    'label': jnp.asarray(rng.integers(0, 10, 32), jnp.int32),
+  }
   return classification.init(config, jax.random.PRNGKey(0), batch), batch
 
 
 def test_train_steps_lower_the_loss_on_a_fixed_batch(make_config):
-  state, batch = _state_and_batch(make_config, optim__lr=3e-3, optim__schedule='constant',
-                                  model__variant='plain', data__augment='none',
-                                  loss__label_smoothing=0.0)
+  state, batch = _state_and_batch(
+    make_config,
+    optim__lr=3e-3,
+    optim__schedule='constant',
+    model__variant='plain',
+    data__augment='none',
+    loss__label_smoothing=0.0,
+  )
   step = jax.jit(classification.train_step)
   losses = []
   for _ in range(25):
@@ -90,7 +107,9 @@ def test_eval_step_sums_only_real_rows(make_config):
   state, batch = _state_and_batch(make_config)
   full = classification.eval_step(state, {**batch, 'mask': jnp.ones(32)})
   half = classification.eval_step(state, {**batch, 'mask': jnp.arange(32) < 16})
-  first = classification.eval_step(state, {k: v[:16] for k, v in batch.items()} | {'mask': jnp.ones(16)})
+  first = classification.eval_step(
+    state, {k: v[:16] for k, v in batch.items()} | {'mask': jnp.ones(16)}
+  )
   assert float(full['count']) == 32 and float(half['count']) == 16
   np.testing.assert_allclose(half['loss'], first['loss'], rtol=1e-5)
   np.testing.assert_allclose(half['accuracy'], first['accuracy'])
@@ -101,5 +120,5 @@ def test_model_registry_rejects_unknown_fields(make_config):
   with config.unlocked():
     config.model.widht = 3
   with pytest.raises(config_lib.ConfigError, match='model.widht is not a field of model .cnn.'):
-    config_lib.validate(config)
+    tasks.validate(config)
   assert isinstance(models.get(make_config('cnn').model), cnn.CNN)

@@ -1,5 +1,6 @@
 """SIGTERM at any moment of a run saves the step it names, and the resumed run is the
 uninterrupted one; with two processes, both save the same step whichever one got the signal."""
+
 import json
 import os
 import signal
@@ -7,7 +8,8 @@ import signal
 import pytest
 
 from conftest import two_processes
-from jaxvision import checkpoint, errors, train, writers
+from jaxvision import checkpoint, errors, experiment, parallel, train, writers
+from jaxvision.data import pipeline
 
 # Evals at 2, 4, 6, checkpoints at 3, 6: a signal during the eval of step 4 hits a step that
 # the schedule would not save.
@@ -21,7 +23,7 @@ def _kill_self():
 def _signal_in(monkeypatch, point: str, step: int):
   """Delivers a real SIGTERM to this process inside `point` of the loop at `step`."""
   if point == 'step':  # while the jitted step of `step` runs (dispatched, not finished)
-    jit_train_step = train.parallel.jit_train_step
+    jit_train_step = parallel.jit_train_step
 
     def signalling(*args, **kwargs):
       stepped = jit_train_step(*args, **kwargs)
@@ -33,10 +35,12 @@ def _signal_in(monkeypatch, point: str, step: int):
         if len(calls) == step:
           _kill_self()
         return out
+
       return step_fn
-    monkeypatch.setattr(train.parallel, 'jit_train_step', signalling)
+
+    monkeypatch.setattr(parallel, 'jit_train_step', signalling)
   elif point in ('eval', 'final eval'):  # after the first batch of the eval of `step`
-    eval_batches = train.Experiment.eval_batches
+    eval_batches = experiment.Experiment.eval_batches
     evals = []
 
     def signalling(self):
@@ -45,7 +49,8 @@ def _signal_in(monkeypatch, point: str, step: int):
         if i == 1 and len(evals) == step // 2:  # evals run at steps 2, 4, 6 (grids read none here)
           _kill_self()
         yield batch
-    monkeypatch.setattr(train.Experiment, 'eval_batches', signalling)
+
+    monkeypatch.setattr(experiment.Experiment, 'eval_batches', signalling)
   elif point == 'save':  # while Orbax writes the checkpoint of `step`
     save = checkpoint.Checkpointer.save
 
@@ -53,6 +58,7 @@ def _signal_in(monkeypatch, point: str, step: int):
       save(self, at, *args, **kwargs)
       if at == step:
         _kill_self()
+
     monkeypatch.setattr(checkpoint.Checkpointer, 'save', signalling)
   elif point == 'grids':  # while the sample grids of the eval of `step` are written
     write_pngs = writers.write_pngs
@@ -60,14 +66,16 @@ def _signal_in(monkeypatch, point: str, step: int):
     def signalling(directory, at, images):
       _kill_self() if at == step else None
       write_pngs(directory, at, images)
+
     monkeypatch.setattr(writers, 'write_pngs', signalling)
   elif point == 'setup':  # while the data loads, before any step
-    load_split = train.pipeline.load_split
+    load_split = pipeline.load_split
 
     def signalling(*args, **kwargs):
       _kill_self()
       return load_split(*args, **kwargs)
-    monkeypatch.setattr(train.pipeline, 'load_split', signalling)
+
+    monkeypatch.setattr(pipeline, 'load_split', signalling)
 
 
 def _evals(workdir):
@@ -77,7 +85,8 @@ def _evals(workdir):
 
 @pytest.fixture(scope='module')
 def uninterrupted(tmp_path_factory, tfds_dir):
-  from conftest import load_config  # pylint: disable=g-import-not-at-top
+  from conftest import load_config
+
   done = {}
 
   def get(name):
@@ -86,29 +95,39 @@ def uninterrupted(tmp_path_factory, tfds_dir):
       train.train_and_evaluate(load_config(name, 'smoke', tfds_dir, **SCHEDULE), workdir)
       done[name] = workdir
     return done[name]
+
   return get
 
 
-@pytest.mark.parametrize('name, point, step, saved', [
+@pytest.mark.parametrize(
+  'name, point, step, saved',
+  [
     ('cnn', 'step', 4, [3, 4]),
     ('cnn', 'eval', 4, [3, 4]),  # not a checkpoint step: the signal makes it one
     ('cnn', 'save', 3, [3]),
     ('cnn', 'final eval', 6, [3, 6]),
     ('vae', 'grids', 4, [3, 4]),
     ('cnn', 'setup', 0, []),
-])
+  ],
+)
 def test_sigterm_at_any_moment_saves_the_step_and_the_resumed_run_is_the_uninterrupted_one(
-    make_config, uninterrupted, tmp_path, monkeypatch, name, point, step, saved):
+  make_config, uninterrupted, tmp_path, monkeypatch, name, point, step, saved
+):
   config = make_config(name, **SCHEDULE)
   workdir = str(tmp_path / 'run')
   _signal_in(monkeypatch, point, step)
-  expected = (f'SIGTERM at step {step}: checkpoint saved in {workdir}' if saved else
-              'SIGTERM before the first step: nothing was trained')
+  expected = (
+    f'SIGTERM at step {step}: checkpoint saved in {workdir}'
+    if saved
+    else 'SIGTERM before the first step: nothing was trained'
+  )
   with pytest.raises(errors.Preempted, match=expected) as e:
     train.train_and_evaluate(config, workdir)
   assert e.value.exit_code == 143
   monkeypatch.undo()
-  steps = checkpoint.steps_in(os.path.join(workdir, 'checkpoints')) if os.path.isdir(workdir) else []
+  steps = (
+    checkpoint.steps_in(os.path.join(workdir, 'checkpoints')) if os.path.isdir(workdir) else []
+  )
   assert steps == saved
   train.train_and_evaluate(config, workdir)  # the same command again
   reference = uninterrupted(name)
@@ -119,11 +138,12 @@ def test_sigterm_at_any_moment_saves_the_step_and_the_resumed_run_is_the_uninter
   assert _evals(workdir) == _evals(reference)  # an eval cut short is run again on resume
   if name == 'vae':
     assert sorted(os.listdir(os.path.join(workdir, 'samples'))) == sorted(
-        os.listdir(os.path.join(reference, 'samples')))
+      os.listdir(os.path.join(reference, 'samples'))
+    )
 
 
 # run.py in a process that sends itself SIGTERM at its step-5 metrics when SIGTERM_PROCESS names it.
-_SIGTERM_ONE_PROCESS = '''
+_SIGTERM_ONE_PROCESS = """
 import os, runpy, signal, sys
 from jaxvision import writers
 write = writers.MetricWriter.write
@@ -134,21 +154,33 @@ def write_then_sigterm(self, step, scalars):
 writers.MetricWriter.write = write_then_sigterm
 sys.argv = ['run.py'] + sys.argv[1:]
 runpy.run_path('run.py', run_name='__main__')
-'''
+"""
 
 
 def _two_processes(workdir, tfds_dir, sigterm_process=None):
   """Two processes x 4 CPU devices on 127.0.0.1 train configs/cnn.py:smoke for 60 steps."""
-  return two_processes(['-c', _SIGTERM_ONE_PROCESS], [
-      '--config', 'configs/cnn.py:smoke', '--workdir', workdir, f'--config.data.tfds_dir={tfds_dir}',
-      '--config.train.steps=60', '--config.train.log_every=1', '--config.train.eval_every=60',
-      '--config.train.ckpt_every=20', '--config.train.progress=False'],
-                       env={'SIGTERM_PROCESS': '' if sigterm_process is None else str(sigterm_process)})
+  return two_processes(
+    ['-c', _SIGTERM_ONE_PROCESS],
+    [
+      '--config',
+      'configs/cnn.py:smoke',
+      '--workdir',
+      workdir,
+      f'--config.data.tfds_dir={tfds_dir}',
+      '--config.train.steps=60',
+      '--config.train.log_every=1',
+      '--config.train.eval_every=60',
+      '--config.train.ckpt_every=20',
+      '--config.train.progress=False',
+    ],
+    env={'SIGTERM_PROCESS': '' if sigterm_process is None else str(sigterm_process)},
+  )
 
 
 @pytest.mark.xdist_group('multiprocess')  # never two jax.distributed jobs at once
-def test_two_processes_agree_on_the_step_when_only_one_gets_sigterm(make_config, tmp_path, tfds_dir):
-  from jaxvision.data import pipeline  # pylint: disable=g-import-not-at-top
+def test_two_processes_agree_on_the_step_when_only_one_gets_sigterm(
+  make_config, tmp_path, tfds_dir
+):
   pipeline.load_split(make_config('cnn').data, 'train')  # prepared before two processes race for it
   whole, stopped = str(tmp_path / 'whole'), str(tmp_path / 'stopped')
   for code, err in _two_processes(whole, tfds_dir):
@@ -157,7 +189,7 @@ def test_two_processes_agree_on_the_step_when_only_one_gets_sigterm(make_config,
   said = []
   for code, err in results:
     assert code == 143, err[-3000:]
-    said.append([l for l in err.splitlines() if l.startswith('SIGTERM at step')][-1])
+    said.append([line for line in err.splitlines() if line.startswith('SIGTERM at step')][-1])
   step = int(said[0].split()[3].rstrip(':'))
   assert said[0] == said[1] and 5 <= step < 60  # the same step in both processes
   assert step in checkpoint.steps_in(os.path.join(stopped, 'checkpoints'))

@@ -1,5 +1,6 @@
 """benchmarks/profile_step.py: the op kinds it reads from compiled HLO and the times it reads
 from a jax.profiler trace (no torch needed; not timed)."""
+
 import os
 import sys
 
@@ -9,7 +10,7 @@ import jax.numpy as jnp
 from conftest import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
-import profile_step  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+import profile_step  # noqa: E402
 
 
 def _step(x, w, m):

@@ -1,6 +1,7 @@
 """The docs cannot rot: every `python run.py ...` command in README.md, docs/ and the configs'
 docstrings names a config file that exists, a preset it has, a mode run.py knows and
 --config.* keys that the config holds."""
+
 import ast
 import glob
 import os

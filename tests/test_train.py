@@ -1,4 +1,5 @@
 """The loop end to end: workdir contract, checkpoints, exact resume, eval mode."""
+
 import json
 import os
 import re
@@ -11,19 +12,20 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
 from conftest import lowered_programs, sigterm_at_step
-from jaxvision import checkpoint, errors, train, writers
+from jaxvision import checkpoint, errors, experiment, export, modes, train, writers
 from jaxvision import workdir as workdir_lib
 
 
 def _read_jsonl(workdir):
   with open(os.path.join(workdir, 'metrics.jsonl'), encoding='utf-8') as f:
-    return [json.loads(l) for l in f]
+    return [json.loads(line) for line in f]
 
 
 @pytest.fixture(scope='module')
 def finished_run(tmp_path_factory, tfds_dir):
   """One uninterrupted smoke run, for the tests here (`--mode eval` appends to its metrics)."""
-  from conftest import load_config  # pylint: disable=g-import-not-at-top
+  from conftest import load_config
+
   workdir = str(tmp_path_factory.mktemp('run'))
   config = load_config('cnn', 'smoke', tfds_dir)
   final = train.train_and_evaluate(config, workdir)
@@ -43,7 +45,9 @@ def test_workdir_contract(finished_run):
   assert {'jax', 'flax', 'optax', 'orbax-checkpoint'} <= set(info['versions'])
   events = _read_jsonl(workdir)
   train_steps = [e['step'] for e in events if 'train/loss' in e]
-  assert train_steps == list(range(config.train.log_every, config.train.steps + 1, config.train.log_every))
+  assert train_steps == list(
+    range(config.train.log_every, config.train.steps + 1, config.train.log_every)
+  )
   evals = [e for e in events if 'eval/accuracy' in e]
   assert [e['step'] for e in evals] == [3, 6]
   assert evals[-1]['eval/accuracy'] == pytest.approx(final['eval/accuracy'])
@@ -67,10 +71,15 @@ def test_image_grids_reach_tensorboard_and_bad_ones_are_refused_in_one_line(tmp_
   writer = writers.MetricWriter(str(tmp_path))
   writer.write_images(5, {'g': np.full((4, 6, 1), 200, np.uint8)})
   bad = np.zeros((4, 6), np.float32)
-  for write in (lambda: writer.write_images(6, {'bad': bad}),
-                lambda: writers.write_pngs(str(tmp_path / 'pngs'), 6, {'bad': bad})):
-    with pytest.raises(ValueError, match=r"image grid 'bad' must be uint8 \[H, W, 1 or 3\], "
-                                         r"got float32 \(4, 6\)") as e:
+  for write in (
+    lambda: writer.write_images(6, {'bad': bad}),
+    lambda: writers.write_pngs(str(tmp_path / 'pngs'), 6, {'bad': bad}),
+  ):
+    with pytest.raises(
+      ValueError,
+      match=r"image grid 'bad' must be uint8 \[H, W, 1 or 3\], "
+      r'got float32 \(4, 6\)',
+    ) as e:
       write()
     assert '\n' not in str(e.value)
   writer.close()
@@ -82,14 +91,14 @@ def test_image_grids_reach_tensorboard_and_bad_ones_are_refused_in_one_line(tmp_
 
 def test_eval_mode_reports_the_latest_checkpoint(finished_run):
   config, workdir, final = finished_run
-  metrics = train.evaluate(config, workdir)
+  metrics = modes.evaluate(config, workdir)
   assert metrics['step'] == 6
   assert metrics['eval/accuracy'] == pytest.approx(final['eval/accuracy'], abs=1e-6)
 
 
 def test_checkpoint_round_trip_is_exact(finished_run, tmp_path):
   config, workdir, _ = finished_run
-  exp = train.setup(config, workdir)
+  exp = experiment.setup(config, workdir)
   _, restored = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), 3).restore(exp.state)
   ckpt = checkpoint.Checkpointer(str(tmp_path / 'ckpt'), 2)
   ckpt.save(6, restored)
@@ -97,19 +106,25 @@ def test_checkpoint_round_trip_is_exact(finished_run, tmp_path):
   step, again = ckpt.restore(exp.state)
   assert step == 6
   chex.assert_trees_all_equal(jax.device_get(again), jax.device_get(restored))
-  assert train.params_sha256(again.params) == writers.read_json(
-      os.path.join(workdir, 'run.json'))['final_params_sha256']
+  assert (
+    checkpoint.params_sha256(again.params)
+    == writers.read_json(os.path.join(workdir, 'run.json'))['final_params_sha256']
+  )
 
 
 def test_saving_small_replicated_arrays_compiles_no_slicing_programs(tmp_path):
   # Orbax compiles a program per array shape to write replicated arrays in per-replica slices
   # (~70 for a small model on 8 devices, seconds at the first save); arrays whose slices would
-  # be under checkpoint.MIN_SLICE_BYTES_FOR_REPLICA_PARALLEL are written whole, large ones in slices.
-  replicated = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(jax.devices()), ('d',)),
-                                          jax.sharding.PartitionSpec())
+  # be under checkpoint.MIN_SLICE_BYTES_FOR_REPLICA_PARALLEL are written whole, large ones in
+  # slices.
+  replicated = jax.sharding.NamedSharding(
+    jax.sharding.Mesh(np.array(jax.devices()), ('d',)), jax.sharding.PartitionSpec()
+  )
   small = {f'w{i}': jax.device_put(np.ones((3, 7 + i), np.float32), replicated) for i in range(8)}
-  big = jax.device_put(np.ones((8 * checkpoint.MIN_SLICE_BYTES_FOR_REPLICA_PARALLEL // 4 + 1024, 1), np.float32),
-                       replicated)
+  big = jax.device_put(
+    np.ones((8 * checkpoint.MIN_SLICE_BYTES_FOR_REPLICA_PARALLEL // 4 + 1024, 1), np.float32),
+    replicated,
+  )
   ckpt = checkpoint.Checkpointer(str(tmp_path), 2)
   try:
     with lowered_programs() as lowered:
@@ -135,8 +150,10 @@ def test_sigterm_then_resume_equals_the_uninterrupted_run(finished_run, tmp_path
   again = train.train_and_evaluate(config, resumed)
   info = writers.read_json(os.path.join(resumed, 'run.json'))
   assert info['resumed_from_step'] == 4
-  assert info['final_params_sha256'] == writers.read_json(
-      os.path.join(workdir, 'run.json'))['final_params_sha256']
+  assert (
+    info['final_params_sha256']
+    == writers.read_json(os.path.join(workdir, 'run.json'))['final_params_sha256']
+  )
   assert again == final
   # the events logged after the last checkpoint by the killed run were dropped on resume
   assert [e['step'] for e in _read_jsonl(resumed)] == [2, 3, 4, 6, 6]
@@ -145,8 +162,9 @@ def test_sigterm_then_resume_equals_the_uninterrupted_run(finished_run, tmp_path
 def test_resume_restores_the_data_position(finished_run, tmp_path):
   """After a restore, the next batch is the one the uninterrupted run saw next."""
   config, workdir, _ = finished_run
-  from jaxvision.data import pipeline  # pylint: disable=g-import-not-at-top
-  exp = train.setup(config, workdir)
+  from jaxvision.data import pipeline
+
+  exp = experiment.setup(config, workdir)
   it = iter(pipeline.train_dataset(config, exp.train_split))
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), 3)
   step, _ = ckpt.restore(exp.state, it, step=3)
@@ -156,22 +174,26 @@ def test_resume_restores_the_data_position(finished_run, tmp_path):
 
 
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous(finished_run, tmp_path, capfd):
-  import shutil  # pylint: disable=g-import-not-at-top
+  import shutil
+
   config, workdir, _ = finished_run
   copy = str(tmp_path / 'copy')
   shutil.copytree(workdir, copy)
   data_files = []
   for root, _, files in os.walk(os.path.join(copy, 'checkpoints', '6', 'state')):
-    data_files += [os.path.join(root, f) for f in files if os.sep + 'd' + os.sep in os.path.join(root, f)]
+    data_files += [
+      os.path.join(root, f) for f in files if os.sep + 'd' + os.sep in os.path.join(root, f)
+    ]
   assert data_files
   for f in data_files:
     with open(f, 'r+b') as fh:
       fh.truncate(8)
-  exp = train.setup(config, copy)
+  exp = experiment.setup(config, copy)
   step, _ = checkpoint.Checkpointer(os.path.join(copy, 'checkpoints'), 3).restore(exp.state)
   assert step == 3
   assert sorted(os.listdir(os.path.join(copy, 'checkpoints'))) == sorted(
-      os.listdir(os.path.join(workdir, 'checkpoints')))  # nothing deleted
+    os.listdir(os.path.join(workdir, 'checkpoints'))
+  )  # nothing deleted
 
 
 def test_another_config_in_the_workdir_is_refused(finished_run):
@@ -199,7 +221,9 @@ def test_a_model_key_newer_than_the_workdir_matches_the_models_default(finished_
     workdir_lib.check_config(other, str(tmp_path))
 
 
-def test_resuming_on_other_data_is_refused_before_compute_and_the_workdir_kept(finished_run, tmp_path):
+def test_resuming_on_other_data_is_refused_before_compute_and_the_workdir_kept(
+  finished_run, tmp_path
+):
   """A workdir whose run.json names other train data (here: other cluster ids) is not resumed."""
   config, workdir, _ = finished_run
   copy = os.path.join(tmp_path, 'run')
@@ -209,12 +233,20 @@ def test_resuming_on_other_data_is_refused_before_compute_and_the_workdir_kept(f
   info['data']['train'] = fingerprint + '[clusters=30,ids=000000000000]'
   with open(os.path.join(copy, 'run.json'), 'w') as f:
     json.dump(info, f)
-  mtimes = lambda: {os.path.join(r, n): os.path.getmtime(os.path.join(r, n))
-                    for r, _, names in os.walk(copy) for n in names}
+  mtimes = lambda: {
+    os.path.join(r, n): os.path.getmtime(os.path.join(r, n))
+    for r, _, names in os.walk(copy)
+    for n in names
+  }
   before = mtimes()
-  with pytest.raises(errors.WorkdirError, match=re.escape(
-      f'was trained on other train data ({fingerprint}[clusters=30,ids=000000000000] -> {fingerprint}); '
-      'use a new --workdir or pass --config.allow_config_change=True')) as e:
+  with pytest.raises(
+    errors.WorkdirError,
+    match=re.escape(
+      f'was trained on other train data ({fingerprint}[clusters=30,ids=000000000000] -> '
+      f'{fingerprint}); '
+      'use a new --workdir or pass --config.allow_config_change=True'
+    ),
+  ) as e:
     train.train_and_evaluate(config, copy)
   assert '\n' not in str(e.value)
   assert mtimes() == before
@@ -223,19 +255,24 @@ def test_resuming_on_other_data_is_refused_before_compute_and_the_workdir_kept(f
   workdir_lib.check_data(allowed, copy, {'train': fingerprint, 'eval': info['data']['eval']})
 
 
-def test_a_classifier_run_exports_as_domain_features_even_from_an_older_run_json(finished_run, tmp_path):
-  """export_domain_features rebuilds the config from run.json over base(): a key added since the
-  run (here cpu_convolutions) takes its default; the export then loads as the feature map."""
-  from jaxvision.evaluate import generative  # pylint: disable=g-import-not-at-top
+def test_a_classifier_run_exports_as_domain_features_even_from_an_older_run_json(
+  finished_run, tmp_path
+):
+  """export_domain_features rebuilds the config from run.json over the task's defaults: a key
+  added since the run (here cpu_convolutions, explain.steps) takes its default, a key dropped
+  since (here eval.inception_weights) is ignored; the export then loads as the feature map."""
+  from jaxvision.evaluate import generative
+
   config, workdir, _ = finished_run
   copy = os.path.join(tmp_path, 'run')
   shutil.copytree(workdir, copy)
   info = writers.read_json(os.path.join(copy, 'run.json'))
-  del info['config']['cpu_convolutions'], info['config']['eval']['inception_weights']
+  del info['config']['cpu_convolutions'], info['config']['explain']['steps']
+  info['config']['eval'] = {'inception_weights': ''}  # a key of every task in older versions
   with open(os.path.join(copy, 'run.json'), 'w') as f:
     json.dump(info, f)
   path = os.path.join(tmp_path, 'features.npz')
-  meta = generative.export_domain_features(copy, path)
+  meta = export.export_domain_features(copy, path)
   assert meta['step'] == config.train.steps and meta['params_sha256'] == info['final_params_sha256']
   features = generative.DomainFeatures(path)(np.full((3, 28, 28, 1), 0.5, np.float32))
   assert features.shape == (3, config.model.hidden) and np.all(np.isfinite(features))
@@ -243,15 +280,24 @@ def test_a_classifier_run_exports_as_domain_features_even_from_an_older_run_json
 
 def test_divergence_stops_with_one_line_and_keeps_the_good_checkpoints(make_config, tmp_path):
   workdir = str(tmp_path)
-  base = dict(train__steps=4, train__log_every=2, train__ckpt_every=2, train__eval_every=100,
-              optim__schedule='constant')
+  base = dict(
+    train__steps=4,
+    train__log_every=2,
+    train__ckpt_every=2,
+    train__eval_every=100,
+    optim__schedule='constant',
+  )
   train.train_and_evaluate(make_config('cnn', **base), workdir)
   good = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), 3)
   assert good.all_steps() == [2, 4]
   good.close()
   # Resume with a learning rate that blows the params up: the first bad step is named.
-  config = make_config('cnn', **{**base, 'train__steps': 8, 'optim__lr': 1e30, 'allow_config_change': True})
-  with pytest.raises(errors.Diverged, match=r'^train/\w+=(nan|inf|-inf) at step [56]: training diverged') as e:
+  config = make_config(
+    'cnn', **{**base, 'train__steps': 8, 'optim__lr': 1e30, 'allow_config_change': True}
+  )
+  with pytest.raises(
+    errors.Diverged, match=r'^train/\w+=(nan|inf|-inf) at step [56]: training diverged'
+  ) as e:
     train.train_and_evaluate(config, workdir)
   assert '\n' not in str(e.value)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), 3)

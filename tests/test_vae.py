@@ -1,4 +1,5 @@
 """VAE models, task maths, sample grids and the three configs end to end."""
+
 import math
 import os
 
@@ -13,9 +14,8 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from conftest import init_variables
 from jaxvision import config as config_lib
-from jaxvision import train
+from jaxvision import grids, tasks, train
 from jaxvision.data import pipeline
-from jaxvision.evaluate import grids
 from jaxvision.models import vae as vae_models
 from jaxvision.tasks import vae
 
@@ -57,7 +57,7 @@ def test_smoke_preset_end_to_end(make_config, tmp_path, name):
 def test_kl_and_log_densities_match_closed_forms():
   mean = jnp.array([[1.0, -2.0, 0.0]])
   var = jnp.array([[4.0, 1.0, 0.25]])
-  want = 0.5 * np.sum(var + mean ** 2 - 1.0 - np.log(var))
+  want = 0.5 * np.sum(var + mean**2 - 1.0 - np.log(var))
   np.testing.assert_allclose(vae.kl_to_standard_normal(mean, jnp.log(var)), [want], rtol=1e-6)
   assert vae.kl_to_standard_normal(jnp.zeros((1, 5)), jnp.zeros((1, 5)))[0] == 0.0
   # KL = E_q[log q(z) - log p(z)], by Monte Carlo with the task's log densities
@@ -78,14 +78,19 @@ def test_discretized_logistic_is_a_distribution_over_256_levels():
   for mean, log_scale in ((0.1, -2.0), (-0.9, -4.5), (0.99, 0.5), (0.3, -7.0)):
     out = jnp.concatenate([jnp.full_like(x, mean), jnp.full_like(x, log_scale)], axis=-1)
     # log P of each level separately: sum over the image of one pixel per level
-    per_level = jax.vmap(lambda xi: vae.log_discretized_logistic(out[:, :1, :1], xi.reshape(1, 1, 1, 1)))(
-        levels)
+    per_level = jax.vmap(
+      lambda xi, out=out: vae.log_discretized_logistic(out[:, :1, :1], xi.reshape(1, 1, 1, 1))
+    )(levels)
     assert float(jnp.sum(jnp.exp(per_level))) == pytest.approx(1.0, abs=2e-3)
     # and the image's log P is the sum of its pixels' (one level per pixel)
-    assert float(vae.log_discretized_logistic(out, x)[0]) == pytest.approx(float(jnp.sum(per_level)), rel=1e-4)
+    assert float(vae.log_discretized_logistic(out, x)[0]) == pytest.approx(
+      float(jnp.sum(per_level)), rel=1e-4
+    )
   # A wide logistic: each interior bin holds CDF(edge+) - CDF(edge-) of the continuous logistic.
   mean, scale = 0.2, 0.3
-  out = jnp.concatenate([jnp.full((1, 1, 1, 1), mean), jnp.full((1, 1, 1, 1), np.log(scale))], axis=-1)
+  out = jnp.concatenate(
+    [jnp.full((1, 1, 1, 1), mean), jnp.full((1, 1, 1, 1), np.log(scale))], axis=-1
+  )
   cdf = lambda t: 1.0 / (1.0 + np.exp(-(t - mean) / scale))
   for k in (1, 100, 254):
     want = np.log(cdf(2 * k / 255 - 1 + 1 / 255) - cdf(2 * k / 255 - 1 - 1 / 255))
@@ -95,14 +100,30 @@ def test_discretized_logistic_is_a_distribution_over_256_levels():
 
 def test_logistic_likelihood_trains_on_colour_mock_data(make_config, tmp_path):
   """conv_vae:cifar10 as written (model shrunk) on TFDS mock data: 8-bit colour, no binarisation."""
-  config = make_config('conv_vae', 'cifar10', data__download=True, data__tfds_dir=str(tmp_path / 'tfds'),
-                       data__batch_size=16, data__eval_batch_size=64, train__steps=2, train__log_every=1,
-                       train__eval_every=2, train__ckpt_every=2, model__features=(8, 8, 8), model__hidden=16,
-                       model__latents=4, eval__iwae_k=4, eval__iwae_chunk=2)
+  config = make_config(
+    'conv_vae',
+    'cifar10',
+    data__download=True,
+    data__tfds_dir=str(tmp_path / 'tfds'),
+    data__batch_size=16,
+    data__eval_batch_size=64,
+    train__steps=2,
+    train__log_every=1,
+    train__eval_every=2,
+    train__ckpt_every=2,
+    model__features=(8, 8, 8),
+    model__hidden=16,
+    model__latents=4,
+    eval__iwae_k=4,
+    eval__iwae_chunk=2,
+  )
   with tfds.testing.mock_data(num_examples=64, policy=tfds.testing.MockPolicy.USE_CODE):
     final = train.train_and_evaluate(config, str(tmp_path / 'run'))
-  # 8-bit logistic nats: far above a binary image's 3072 * log 2 bound would mean binarisation leaked in
-  assert np.isfinite(final['eval/neg_elbo']) and final['eval/nll_iwae'] <= final['eval/neg_elbo'] + 1e-3
+  # 8-bit logistic nats: far above a binary image's 3072 * log 2 bound would mean binarisation
+  # leaked in
+  assert (
+    np.isfinite(final['eval/neg_elbo']) and final['eval/nll_iwae'] <= final['eval/neg_elbo'] + 1e-3
+  )
   assert final['eval/neg_elbo'] > 3072 * np.log(2)
   assert (tmp_path / 'run' / 'samples' / 'samples_step_2.png').exists()
 
@@ -114,12 +135,15 @@ def test_eval_neg_elbo_is_recon_plus_kl_of_the_model(make_config):
   sums = jax.jit(vae.eval_step)(state, batch)
   x, keys = vae.binarize_eval(jnp.asarray(batch['image']), config.seed)
   mean, logvar = state.model.apply({'params': state.params}, x, method='encode')
-  eps = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 2), (state.model.latents,)))(keys)
-  logits = state.model.apply({'params': state.params}, mean + jnp.exp(0.5 * logvar) * eps,
-                             method='decode')
+  eps = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 2), (state.model.latents,)))(
+    keys
+  )
+  logits = state.model.apply(
+    {'params': state.params}, mean + jnp.exp(0.5 * logvar) * eps, method='decode'
+  )
   p = np.asarray(jax.nn.sigmoid(logits), np.float64)
   recon = -np.sum(np.where(np.asarray(x) > 0.5, np.log(p), np.log1p(-p)))
-  kl = float(np.sum(0.5 * (np.exp(logvar) + mean ** 2 - 1 - logvar)))
+  kl = float(np.sum(0.5 * (np.exp(logvar) + mean**2 - 1 - logvar)))
   assert float(sums['recon']) == pytest.approx(recon, rel=1e-4)
   assert float(sums['kl']) == pytest.approx(kl, rel=1e-4)
   assert float(sums['count']) == 16
@@ -132,7 +156,9 @@ def test_eval_binarisation_is_fixed_per_image(make_config):
   step = jax.jit(vae.final_eval_step)
   whole = step(state, batch)
   swapped = {k: np.concatenate([v[16:], v[:16]]) for k, v in batch.items()}
-  halves = [step(state, {k: v[s] for k, v in swapped.items()}) for s in (slice(0, 16), slice(16, 32))]
+  halves = [
+    step(state, {k: v[s] for k, v in swapped.items()}) for s in (slice(0, 16), slice(16, 32))
+  ]
   for key in ('neg_elbo', 'nll_iwae'):
     assert float(halves[0][key] + halves[1][key]) == pytest.approx(float(whole[key]), rel=1e-5)
   x, _ = vae.binarize_eval(jnp.asarray(batch['image']), config.seed)
@@ -173,8 +199,9 @@ def test_fixed_latent_grid_does_not_depend_on_training_rng(make_config, name):
   batch = _batch(config, 64)
   state = _init(config, batch)
   first = vae.sample_images(state, config, batch)
-  again = vae.sample_images(state.replace(rng=jax.random.PRNGKey(123), step=jnp.int32(77)),
-                            config, _batch(config, 64))
+  again = vae.sample_images(
+    state.replace(rng=jax.random.PRNGKey(123), step=jnp.int32(77)), config, _batch(config, 64)
+  )
   chex.assert_trees_all_equal(first, again)
   assert first['samples'].dtype == np.uint8 and first['samples'].shape[-1] == 1
   other_seed = vae.sample_images(state, make_config(name, seed=1), batch)
@@ -197,7 +224,9 @@ def test_model_shapes_and_labels():
   with pytest.raises(ValueError, match='needs labels'):
     cond.apply(v, jnp.zeros((3, 4)), method='decode')
   with pytest.raises(ValueError, match='divisible by 4'):
-    vae_models.ConvVAE(image_shape=(30, 30, 1)).init(jax.random.PRNGKey(0), jnp.zeros((1, 30, 30, 1)))
+    vae_models.ConvVAE(image_shape=(30, 30, 1)).init(
+      jax.random.PRNGKey(0), jnp.zeros((1, 30, 30, 1))
+    )
 
 
 def test_grids():
@@ -211,20 +240,30 @@ def test_grids():
   np.testing.assert_allclose(z[:5, 0], [0, 0.25, 0.5, 0.75, 1])
 
 
-@pytest.mark.parametrize('override, message', [
+@pytest.mark.parametrize(
+  'override, message',
+  [
     ({'data__scale': 'minus_one_one'}, 'data.scale=zero_one'),
     ({'eval__iwae_k': 1000, 'eval__iwae_chunk': 300}, 'must divide'),
     ({'eval__iwae_k': -1}, 'eval.iwae_k=-1'),
     ({'model': None}, 'is not a VAE'),
+    ({'task': None}, r"task='vae' needs its keys \(eval.fd_samples, "),
     ({'loss__beta': -1.0}, 'loss.beta'),
-    ({'loss__likelihood': 'gaussian'}, "loss.likelihood='gaussian' is not allowed; use one of: bernoulli, logistic"),
-])
+    (
+      {'loss__likelihood': 'gaussian'},
+      "loss.likelihood='gaussian' is not allowed; use one of: bernoulli, logistic",
+    ),
+  ],
+)
 def test_bad_configs_are_one_line_errors(make_config, override, message):
-  if 'model' in override:
+  if 'model' in override:  # a classifier in a VAE config
+    config = make_config('vae')
+    config.model = make_config('cnn').model
+  elif 'task' in override:  # a classifier's config told it is a VAE
     config = make_config('cnn')
     config.task = 'vae'
   else:
     config = make_config('vae', **override)
   with pytest.raises(config_lib.ConfigError, match=message) as e:
-    config_lib.validate(config)
+    tasks.validate(config)
   assert '\n' not in str(e.value)

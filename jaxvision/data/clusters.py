@@ -26,10 +26,14 @@ move an image at a border, which the ids hash in the split fingerprints of run.j
 computed once per process (about 14 s for 8,000 images here); it reads the whole train split
 into memory.
 """
+
 import dataclasses
 import hashlib
 
 import numpy as np
+import scipy.ndimage
+import scipy.sparse
+import scipy.sparse.linalg
 
 from jaxvision.errors import DataError
 
@@ -46,6 +50,8 @@ _FITS = {}  # (train split fingerprint, K) -> Fit
 
 @dataclasses.dataclass(frozen=True)
 class Fit:
+  """The clusters of one train split: its projection and its ids, to label new images with."""
+
   mean: np.ndarray  # f32[F] the train split's mean features
   basis: np.ndarray  # f32[F, C] principal directions
   points: np.ndarray  # f32[N, C] the train images in them
@@ -59,10 +65,25 @@ class Fit:
     return f'clusters={self.k},ids={hashlib.sha256(self.train_ids.tobytes()).hexdigest()[:12]}'
 
   def project(self, images: np.ndarray) -> np.ndarray:
+    """Coordinates of images in the principal components of the train split's features.
+
+    Args:
+      images: [N, H, W, C], of the train split's image shape.
+
+    Returns:
+      f32[N, C], C = the number of components kept.
+    """
     return (features(images) - self.mean) @ self.basis
 
   def nearest(self, images: np.ndarray) -> np.ndarray:
-    """Cluster ids of new images: the majority id of their nearest train images."""
+    """Cluster ids of new images: the majority id of their nearest train images.
+
+    Args:
+      images: [N, H, W, C], of the train split's image shape.
+
+    Returns:
+      i32[N] ids in [0, k).
+    """
     x = self.project(images)
     votes = self.train_ids[_neighbours(x, self.points, _NEIGHBOURS)[0]]
     return np.array([np.bincount(v, minlength=self.k).argmax() for v in votes], np.int32)
@@ -70,7 +91,6 @@ class Fit:
 
 def _deskew(image: np.ndarray) -> np.ndarray:
   """The image sheared along its rows so that its principal axis is vertical, centred."""
-  import scipy.ndimage  # pylint: disable=g-import-not-at-top
   h, w = image.shape
   r, c = np.mgrid[:h, :w]
   mass = image.sum() + 1e-9
@@ -79,22 +99,32 @@ def _deskew(image: np.ndarray) -> np.ndarray:
   shear = ((r - mr) * (c - mc) * image).sum() / mass / (var_r + 1e-9)
   matrix = np.array([[1.0, 0.0], [shear, 1.0]])  # output (r, c) reads input (r, c + shear * r)
   centre = np.array([h / 2 - 0.5, w / 2 - 0.5])
-  return scipy.ndimage.affine_transform(image, matrix, offset=np.array([mr, mc]) - matrix @ centre,
-                                        order=1)
+  return scipy.ndimage.affine_transform(
+    image, matrix, offset=np.array([mr, mc]) - matrix @ centre, order=1
+  )
 
 
 def features(images: np.ndarray) -> np.ndarray:
-  """f32[N, F] histograms of oriented gradients of the deskewed grey images (step 1 above)."""
+  """Histograms of oriented gradients of the deskewed grey images (step 1 above).
+
+  Args:
+    images: [N, H, W, C] (channels averaged to grey).
+
+  Returns:
+    f32[N, F], F = 9 orientations per 4x4 cell, each row of unit length.
+  """
   grey = images.astype(np.float32).reshape(images.shape[:3] + (-1,)).mean(-1)
   n, h, w = grey.shape
   cells_r, cells_c = h // _CELL, w // _CELL
-  grey = np.stack([_deskew(g) for g in grey])[:, :cells_r * _CELL, :cells_c * _CELL]
+  grey = np.stack([_deskew(g) for g in grey])[:, : cells_r * _CELL, : cells_c * _CELL]
   dr, dc = np.zeros_like(grey), np.zeros_like(grey)
   dr[:, 1:-1] = grey[:, 2:] - grey[:, :-2]
   dc[:, :, 1:-1] = grey[:, :, 2:] - grey[:, :, :-2]
   magnitude = np.hypot(dr, dc)
   angle = np.mod(np.arctan2(dr, dc), np.pi)
-  bins = np.round(angle * (_ORIENTATIONS / np.pi)).astype(np.int32) % _ORIENTATIONS  # 0 and pi: bin 0
+  bins = (
+    np.round(angle * (_ORIENTATIONS / np.pi)).astype(np.int32) % _ORIENTATIONS
+  )  # 0 and pi: bin 0
   hist = magnitude[..., None] * (bins[..., None] == np.arange(_ORIENTATIONS))  # one-hot bins
   hist = hist.reshape(n, cells_r, _CELL, cells_c, _CELL, _ORIENTATIONS).sum((2, 4))
   hist = np.sqrt(hist.reshape(n, -1))
@@ -102,6 +132,7 @@ def features(images: np.ndarray) -> np.ndarray:
 
 
 def _distances(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+  """Squared Euclidean distances [len(x), len(y)] between the rows of x and y."""
   return np.sum(x * x, 1)[:, None] - 2.0 * x @ y.T + np.sum(y * y, 1)[None]
 
 
@@ -109,7 +140,7 @@ def _neighbours(x: np.ndarray, points: np.ndarray, n: int, skip_self: bool = Fal
   """Indices and squared distances of the n nearest `points` to each row of x, in chunks."""
   index, dist = [], []
   for start in range(0, len(x), _CHUNK):
-    d = _distances(x[start:start + _CHUNK], points)
+    d = _distances(x[start : start + _CHUNK], points)
     if skip_self:
       d[np.arange(len(d)), np.arange(start, start + len(d))] = np.inf
     part = np.argpartition(d, n, axis=1)[:, :n]
@@ -122,7 +153,14 @@ def _neighbours(x: np.ndarray, points: np.ndarray, n: int, skip_self: bool = Fal
 
 def balanced_assignment(d: np.ndarray) -> np.ndarray:
   """Each row to a column, every column taking floor or ceil of N / K rows: rows claim their
-  nearest column with room left, those with most to lose (second choice worst) first."""
+  nearest column with room left, those with most to lose (second choice worst) first.
+
+  Args:
+    d: distances [N, K] of N points to K centroids.
+
+  Returns:
+    i32[N] column of each row.
+  """
   n, k = d.shape
   capacity = np.full(k, n // k) + (np.arange(k) < n % k)
   ranked = np.argsort(d, axis=1, kind='stable')
@@ -139,8 +177,7 @@ def balanced_assignment(d: np.ndarray) -> np.ndarray:
 
 
 def _embedding(points: np.ndarray) -> np.ndarray:
-  import scipy.sparse  # pylint: disable=g-import-not-at-top
-  import scipy.sparse.linalg  # pylint: disable=g-import-not-at-top
+  """Rows of the normalised k-NN graph's leading eigenvectors, unit length (steps 3 and 4)."""
   n = len(points)
   index, dist = _neighbours(points, points, _NEIGHBOURS, skip_self=True)
   scale = np.sqrt(dist[:, -1]) + 1e-12
@@ -149,8 +186,9 @@ def _embedding(points: np.ndarray) -> np.ndarray:
   w = scipy.sparse.csr_matrix((weights, (rows, index.ravel())), shape=(n, n))
   w = w.maximum(w.T)
   inv_sqrt_degree = scipy.sparse.diags(1.0 / np.sqrt(np.asarray(w.sum(1)).ravel()))
-  _, vectors = scipy.sparse.linalg.eigsh(inv_sqrt_degree @ w @ inv_sqrt_degree,
-                                         k=min(_EIGENVECTORS, n - 2), which='LA', v0=np.ones(n))
+  _, vectors = scipy.sparse.linalg.eigsh(
+    inv_sqrt_degree @ w @ inv_sqrt_degree, k=min(_EIGENVECTORS, n - 2), which='LA', v0=np.ones(n)
+  )
   return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
@@ -164,6 +202,15 @@ def _balanced_kmeans(e: np.ndarray, k: int, seed: int):
 
 
 def fit(images: np.ndarray, k: int) -> Fit:
+  """Balanced spectral clusters of the images (steps 1-5 of the module docstring).
+
+  Args:
+    images: the train split's images [N, H, W, C].
+    k: the number of clusters.
+
+  Returns:
+    The Fit: the projection, the train images in it and their ids.
+  """
   f = features(images)
   mean = f.mean(0)
   centred = f - mean
@@ -176,10 +223,13 @@ def fit(images: np.ndarray, k: int) -> Fit:
 
 
 def _fit_of(train, k: int) -> Fit:
-  """The fit of K clusters to the train split's images, computed once per process."""
+  """The fit of K clusters to the train split's images, computed once per process; DataError
+  unless 2 <= K <= half the train images."""
   if not 2 <= k <= train.size // 2:
-    raise DataError(f'data.clusters={k} must be between 2 and half the {train.size} train images; '
-                    f'set --config.data.clusters=0 to use the labels')
+    raise DataError(
+      f'data.clusters={k} must be between 2 and half the {train.size} train images; '
+      f'set --config.data.clusters=0 to use the labels'
+    )
   key = (train.fingerprint, k)
   if key not in _FITS:
     _FITS[key] = fit(np.asarray(train.read(np.arange(train.size))['image']), k)
@@ -188,8 +238,20 @@ def _fit_of(train, k: int) -> Fit:
 
 def relabel(split, data_config, is_train: bool, train_split):
   """The `Split` with cluster ids as labels and num_classes = data.clusters (0: unchanged).
-  `train_split()` loads the train split as the clusters are fit on it (not relabelled) when an
-  eval split needs the fit."""
+
+  Args:
+    split: the split to relabel.
+    data_config: config.data (`clusters`).
+    is_train: `split` is the train split: its ids come from the fit itself.
+    train_split: () -> the train split as the clusters are fit on it (not relabelled); called
+      when an eval split needs the fit, whose ids are those of its nearest train images.
+
+  Returns:
+    The relabelled split; its fingerprint gains the fit's `tag`.
+
+  Raises:
+    DataError: data.clusters is not between 2 and half the train images.
+  """
   k = int(data_config.clusters)
   if not k:
     return split
@@ -206,5 +268,6 @@ def relabel(split, data_config, is_train: bool, train_split):
     batch['label'] = ids[np.asarray(idx)]
     return batch
 
-  return dataclasses.replace(split, num_classes=k, read=read_relabelled,
-                             fingerprint=f'{split.fingerprint}[{found.tag}]')
+  return dataclasses.replace(
+    split, num_classes=k, read=read_relabelled, fingerprint=f'{split.fingerprint}[{found.tag}]'
+  )

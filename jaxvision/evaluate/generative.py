@@ -2,8 +2,9 @@
 
 The features are the hidden layer of a digit classifier that jaxvision trained
 itself on the mnist10k train split (`jaxvision/assets/mnist10k_domain_cnn.*`,
-made by `python run.py --config configs/cnn.py:domain`; its command, test
-accuracy and params sha256 are in the .json next to the weights). Every eval of
+made by `python run.py --config configs/cnn.py:domain` and `python -m
+jaxvision.export WORKDIR`; its command, test accuracy and params sha256 are in
+the .json next to the weights). Every eval of
 a generator reports
 
   eval/fd        FD(features of eval.fd_samples generated images, features of the test split)
@@ -17,6 +18,7 @@ also reports the usual FID on the 2048-d pool features, `eval/fid`, with its
 real-train vs real-test `eval/fid_floor`; for any image size and 1 or 3 channels.
 It is 6 GFLOPs an image: a GPU's job for thousands of samples.
 """
+
 import functools
 import json
 import os
@@ -24,9 +26,9 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from jaxvision.errors import ConfigError
-
 from jaxvision.models import cnn, inception
 
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'assets')
@@ -34,7 +36,15 @@ DOMAIN_WEIGHTS = os.path.join(ASSETS, 'mnist10k_domain_cnn.npz')
 
 
 def frechet_distance(f1: np.ndarray, f2: np.ndarray) -> float:
-  """||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^1/2) of two feature sets [n, d] (float64)."""
+  """||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^1/2) of two feature sets [n, d] (float64).
+
+  Args:
+    f1: features [n1, d] of one set of images.
+    f2: features [n2, d] of the other.
+
+  Returns:
+    The Fréchet distance between Gaussians fit to the two sets.
+  """
   f1, f2 = np.asarray(f1, np.float64), np.asarray(f2, np.float64)
   mu1, mu2 = f1.mean(0), f2.mean(0)
   s1, s2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
@@ -42,6 +52,7 @@ def frechet_distance(f1: np.ndarray, f2: np.ndarray) -> float:
 
 
 def _sqrt_psd(m: np.ndarray) -> np.ndarray:
+  """The symmetric square root of a PSD matrix (negative eigenvalues from rounding clipped)."""
   w, v = np.linalg.eigh((m + m.T) / 2.0)
   return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
 
@@ -51,7 +62,17 @@ def gaussian_frechet_distance(mu1, s1, mu2, s2) -> float:
 
   tr((S1 S2)^1/2) is computed as the sum of the square roots of the eigenvalues of the
   symmetric PSD matrix S1^1/2 S2 S1^1/2 (same spectrum), which stays exact when the
-  covariances are singular (ReLU features that are always 0)."""
+  covariances are singular (ReLU features that are always 0).
+
+  Args:
+    mu1: mean [d] of the first Gaussian.
+    s1: covariance [d, d] of the first Gaussian.
+    mu2: mean [d] of the second Gaussian.
+    s2: covariance [d, d] of the second Gaussian.
+
+  Returns:
+    ||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^1/2).
+  """
   r = _sqrt_psd(np.asarray(s1, np.float64))
   w = np.linalg.eigvalsh(r @ np.asarray(s2, np.float64) @ r)
   tr_covmean = np.sum(np.sqrt(np.clip(w, 0.0, None)))
@@ -59,12 +80,24 @@ def gaussian_frechet_distance(mu1, s1, mu2, s2) -> float:
 
 
 def _cubed(a: np.ndarray) -> np.ndarray:
-  return a * a * a  # 3x faster than a ** 3, which numpy computes with pow()
+  return a * a * a  # two multiplications: numpy computes a ** 3 with the slower pow()
 
 
-def kernel_inception_distance(f1: np.ndarray, f2: np.ndarray, subsets: int = 50,
-                              subset_size: int = 1000, seed: int = 0) -> float:
-  """Unbiased MMD^2 with k(x, y) = (x.y / d + 1)^3, averaged over random subsets."""
+def kernel_inception_distance(
+  f1: np.ndarray, f2: np.ndarray, subsets: int = 50, subset_size: int = 1000, seed: int = 0
+) -> float:
+  """Unbiased MMD^2 with k(x, y) = (x.y / d + 1)^3, averaged over random subsets.
+
+  Args:
+    f1: features [n1, d] of one set of images.
+    f2: features [n2, d] of the other.
+    subsets: random subsets averaged over.
+    subset_size: images per subset and set (at most the smaller set's size).
+    seed: the subsets' seed.
+
+  Returns:
+    The kernel inception distance (an unbiased estimate; may be slightly negative).
+  """
   f1, f2 = np.asarray(f1, np.float64), np.asarray(f2, np.float64)
   m = min(subset_size, len(f1), len(f2))
   d = f1.shape[1]
@@ -74,8 +107,11 @@ def kernel_inception_distance(f1: np.ndarray, f2: np.ndarray, subsets: int = 50,
     x = f1[rng.choice(len(f1), m, replace=False)]
     y = f2[rng.choice(len(f2), m, replace=False)]
     kxx, kyy, kxy = (_cubed(x @ x.T / d + 1), _cubed(y @ y.T / d + 1), _cubed(x @ y.T / d + 1))
-    total += ((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
-              - 2.0 * kxy.mean())
+    total += (
+      (kxx.sum() - np.trace(kxx)) / (m * (m - 1))
+      + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+      - 2.0 * kxy.mean()
+    )
   return float(total / subsets)
 
 
@@ -83,26 +119,38 @@ class _BatchedFeatures:
   """A jitted feature map `self._fn` applied in fixed-size batches of `self._batch` images."""
 
   def __call__(self, images) -> np.ndarray:
+    """Images [n, ...] in [0, 1] -> features f32[n, d], the last batch zero-padded."""
     images = np.asarray(images, np.float32)
     out = []
     for start in range(0, len(images), self._batch):
-      chunk = images[start:start + self._batch]
+      chunk = images[start : start + self._batch]
       pad = self._batch - len(chunk)  # one compiled shape
-      chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), np.float32)]) if pad else chunk
-      out.append(np.asarray(self._fn(chunk))[:self._batch - pad])
+      chunk = (
+        np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), np.float32)]) if pad else chunk
+      )
+      out.append(np.asarray(self._fn(chunk))[: self._batch - pad])
     return np.concatenate(out)
 
 
 class DomainFeatures(_BatchedFeatures):
-  """The committed digit classifier as a feature map: images in [0, 1], f32[n, 28, 28, 1] -> [n, d]."""
+  """The committed digit classifier as a feature map: images in [0, 1], f32[n, 28, 28, 1] -> [n,
+  d]."""
 
   def __init__(self, path: str = DOMAIN_WEIGHTS, batch: int = 500):
+    """Loads the weights.
+
+    Args:
+      path: the .npz of the classifier's variables; its model fields are in the .json beside it.
+      batch: images per jitted call.
+    """
     with np.load(path) as f:
       flat = {k: np.asarray(v) for k, v in f.items()}
     with open(os.path.splitext(path)[0] + '.json', encoding='utf-8') as f:
       self.info = json.load(f)
     variables = _unflatten(flat)
-    model = cnn.CNN(**{k: tuple(v) if isinstance(v, list) else v for k, v in self.info['model'].items()})
+    model = cnn.CNN(
+      **{k: tuple(v) if isinstance(v, list) else v for k, v in self.info['model'].items()}
+    )
     self._batch = batch
     self._fn = jax.jit(lambda x: model.apply(variables, x, train=False, features=True))
 
@@ -113,19 +161,35 @@ class InceptionFeatures(_BatchedFeatures):
   'batch_stats/.../bn/mean'), checked against the model before any compute."""
 
   def __init__(self, path: str, batch: int = 50, resize: int = 299):
+    """Loads and checks the weights.
+
+    Args:
+      path: the user's .npz of Inception-v3 variables, named as in models/inception.py.
+      batch: images per jitted call.
+      resize: the side images are resized to.
+
+    Raises:
+      ConfigError: `path` is not a file, or lacks a variable of the model or has one of another
+        shape.
+    """
     if not os.path.isfile(path):
-      raise ConfigError(f'eval.inception_weights={path!r} is not a file; give an .npz of Inception-v3 '
-                        f'variables or leave eval.inception_weights empty')
+      raise ConfigError(
+        f'eval.inception_weights={path!r} is not a file; give an .npz of Inception-v3 '
+        f'variables or leave eval.inception_weights empty'
+      )
     self.model = inception.InceptionV3(resize=resize)
-    want = flatten_variables(jax.eval_shape(self.model.init, jax.random.PRNGKey(0),
-                                            jnp.zeros((1, 75, 75, 3))))
+    want = flatten_variables(
+      jax.eval_shape(self.model.init, jax.random.PRNGKey(0), jnp.zeros((1, 75, 75, 3)))
+    )
     with np.load(path) as f:
       flat = {k: np.asarray(v) for k, v in f.items()}
     for key, spec in want.items():
       if key not in flat or flat[key].shape != spec.shape:
         got = 'missing' if key not in flat else f'of shape {flat[key].shape}'
-        raise ConfigError(f'eval.inception_weights={path}: {key} is {got}, Inception-v3 needs '
-                          f'{spec.shape}; convert the weights with the names of models/inception.py')
+        raise ConfigError(
+          f'eval.inception_weights={path}: {key} is {got}, Inception-v3 needs '
+          f'{spec.shape}; convert the weights with the names of models/inception.py'
+        )
     variables = _unflatten({k: flat[k].astype(np.float32) for k in want})
     self._batch = batch
     prepare = jax.jit(functools.partial(inception.preprocess, size=resize))  # per input shape
@@ -134,58 +198,93 @@ class InceptionFeatures(_BatchedFeatures):
 
 
 def flatten_variables(variables) -> dict:
-  """{'params': {'Conv_0': {'kernel': ...}}} -> {'params/Conv_0/kernel': ...} for np.savez."""
-  flat = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]:
-    flat['/'.join(p.key for p in path)] = (leaf if isinstance(leaf, jax.ShapeDtypeStruct)
-                                           else np.asarray(jax.device_get(leaf)))
-  return flat
+  """{'params': {'Conv_0': {'kernel': ...}}} -> {'params/Conv_0/kernel': ...} for np.savez
+  (arrays fetched to numpy; ShapeDtypeStructs kept).
+
+  Args:
+    variables: a nested dict of arrays or ShapeDtypeStructs.
+
+  Returns:
+    {'/'-joined path: numpy array or ShapeDtypeStruct}.
+  """
+  flat = traverse_util.flatten_dict(variables, sep='/')
+  return {
+    k: v if isinstance(v, jax.ShapeDtypeStruct) else np.asarray(jax.device_get(v))
+    for k, v in flat.items()
+  }
 
 
 def _unflatten(flat: dict) -> dict:
-  out = {}
-  for key, value in flat.items():
-    node = out
-    *parents, leaf = key.split('/')
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = jnp.asarray(value)
-  return out
+  """The inverse of `flatten_variables`, as jax arrays."""
+  return jax.tree.map(jnp.asarray, traverse_util.unflatten_dict(flat, sep='/'))
 
 
 class GenerativeMetrics:
-  """FD/KID of a task's `sample(state, rng, n)` against the eval split, with the real floor."""
+  """FD/KID of a generator's samples against the eval split, with the real floor."""
 
-  def __init__(self, config, task, train_split, eval_split, features: DomainFeatures | None = None):
-    self.inception = (InceptionFeatures(config.eval.inception_weights)
-                      if config.eval.inception_weights else None)
+  def __init__(
+    self, config, sample, train_split, eval_split, features: DomainFeatures | None = None
+  ):
+    """Reads the real images and computes their features and the floors once.
+
+    Args:
+      config: the experiment config (eval.fd_samples, eval.inception_weights, seed).
+      sample: the task's `sample(state, rng, n)`: images in [0, 1].
+      train_split: the real train split (the floor's "generator").
+      eval_split: the real images the samples are compared with.
+      features: the feature network (default: the committed domain classifier).
+
+    Raises:
+      ConfigError: the images are not 28x28x1 digits and no eval.inception_weights are given,
+        the domain feature network is missing, or the Inception weights cannot be used.
+    """
+    self.inception = (
+      InceptionFeatures(config.eval.inception_weights) if config.eval.inception_weights else None
+    )
     digits = tuple(train_split.image_shape) == (28, 28, 1)
     if not digits and self.inception is None:
-      raise ConfigError(f'eval.fd_samples={config.eval.fd_samples} needs 28x28x1 digits (the domain '
-                        f'features are a digit classifier), not {config.data.name} images of '
-                        f'{train_split.image_shape}; set --config.eval.fd_samples=0 or give '
-                        f'--config.eval.inception_weights')
+      raise ConfigError(
+        f'eval.fd_samples={config.eval.fd_samples} needs 28x28x1 digits (the domain '
+        f'features are a digit classifier), not {config.data.name} images of '
+        f'{train_split.image_shape}; set --config.eval.fd_samples=0 or give '
+        f'--config.eval.inception_weights'
+      )
     if digits and features is None and not os.path.exists(DOMAIN_WEIGHTS):
-      raise ConfigError(f'eval.fd_samples needs the domain feature network {DOMAIN_WEIGHTS}, which is '
-                        f'missing; reinstall jaxvision or set --config.eval.fd_samples=0')
+      raise ConfigError(
+        f'eval.fd_samples needs the domain feature network {DOMAIN_WEIGHTS}, which is '
+        f'missing; reinstall jaxvision or set --config.eval.fd_samples=0'
+      )
     self.features = (features or DomainFeatures()) if digits else None
-    self.task, self.n, self.seed = task, int(config.eval.fd_samples), int(config.seed)
+    self.n, self.seed = int(config.eval.fd_samples), int(config.seed)
     read_all = lambda split: split.read(np.arange(split.size))['image'].astype(np.float32) / 255.0
     real_eval, real_train = read_all(eval_split), read_all(train_split)
     self.real, self.floor = {}, {}
     if self.features is not None:
       self.real['domain'] = self.features(real_eval)
       train_features = self.features(real_train)
-      self.floor = {'eval/fd_floor': frechet_distance(train_features, self.real['domain']),
-                    'eval/kid_floor': kernel_inception_distance(train_features, self.real['domain'])}
+      self.floor = {
+        'eval/fd_floor': frechet_distance(train_features, self.real['domain']),
+        'eval/kid_floor': kernel_inception_distance(train_features, self.real['domain']),
+      }
     if self.inception is not None:
       self.real['inception'] = self.inception(real_eval)
-      self.floor['eval/fid_floor'] = frechet_distance(self.inception(real_train), self.real['inception'])
-    self._sample = jax.jit(task.sample, static_argnums=2)
+      self.floor['eval/fid_floor'] = frechet_distance(
+        self.inception(real_train), self.real['inception']
+      )
+    self._sample = jax.jit(sample, static_argnums=2)
 
   def __call__(self, state, interrupted=lambda: False) -> dict | None:
     """The metrics of `state`'s generator; None if `interrupted()` turned true (asked between
-    chunks of samples: a stop signal)."""
+    chunks of samples: a stop signal).
+
+    Args:
+      state: the task's state, as `sample` takes it.
+      interrupted: () -> bool, asked before each chunk of 500 samples.
+
+    Returns:
+      {'eval/fd', 'eval/kid' (digits), 'eval/fid' (with Inception weights) and the floors}, or
+      None when interrupted.
+    """
     key = jax.random.fold_in(jax.random.PRNGKey(self.seed), 0xFD)
     chunk = 500
     images = []
@@ -193,7 +292,7 @@ class GenerativeMetrics:
       if interrupted():
         return None
       images.append(np.asarray(self._sample(state, jax.random.fold_in(key, i), chunk)))
-    images = np.concatenate(images)[:self.n]
+    images = np.concatenate(images)[: self.n]
     out = dict(self.floor)
     if self.features is not None:
       fake = self.features(images)
@@ -202,31 +301,3 @@ class GenerativeMetrics:
     if self.inception is not None:
       out['eval/fid'] = frechet_distance(self.inception(images), self.real['inception'])
     return out
-
-
-def export_domain_features(workdir: str, path: str = DOMAIN_WEIGHTS) -> dict:
-  """Writes the latest checkpoint of a `configs/cnn.py:domain` run as the feature network."""
-  from jaxvision import train, writers  # pylint: disable=g-import-not-at-top
-  from jaxvision import config as config_lib  # pylint: disable=g-import-not-at-top
-  info = writers.read_json(os.path.join(workdir, 'run.json'))
-  config = config_lib.base()  # keys added to jaxvision since the run keep their defaults
-  config.update(info['config'])
-  exp = train.setup(config, workdir, restoring=True)
-  step, state = train.restore_latest(exp)
-  variables = {'params': state.params, 'batch_stats': state.batch_stats}
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  np.savez(path, **flatten_variables(variables))
-  model = {k: v for k, v in config.model.to_dict().items() if k not in ('name', 'conv_impl')}
-  model = {k: tuple(v) if isinstance(v, list) else v for k, v in model.items()}
-  meta = {'made_by': 'python run.py --config configs/cnn.py:domain --workdir WORKDIR; '
-                     'python -m jaxvision.evaluate.generative WORKDIR',
-          'model': model, 'step': step, 'params_sha256': train.params_sha256(state.params),
-          'test_metrics': info.get('final_metrics'), 'data': info['data'], 'git_commit': info['git_commit']}
-  with open(os.path.splitext(path)[0] + '.json', 'w', encoding='utf-8') as f:
-    json.dump(meta, f, indent=1)
-  return meta
-
-
-if __name__ == '__main__':
-  import sys  # pylint: disable=g-import-not-at-top
-  print(json.dumps(export_domain_features(sys.argv[1]), indent=1))

@@ -1,4 +1,4 @@
-"""The seed's self-attention classifier over image rows or patches.
+"""A self-attention classifier over image rows or patches.
 
 Each position (a row of pixels, or a p x p patch) is projected to features
 (plus a learned position embedding); `layers` rounds of single-head
@@ -8,11 +8,13 @@ features into one context vector, which the classifier head reads.
 `attention_weights` (sown into the 'intermediates' collection) are the
 softmax weights over positions, for inspection.
 """
+
 import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxvision import parallel
 from jaxvision.models import layers
 from jaxvision.models.vit import PositionEmbedding, patchify
 
@@ -20,6 +22,22 @@ TOKENS = ('rows', 'patches')
 
 
 class AttentionClassifier(nn.Module):
+  """Self-attention over positions, then attention pooling into `pool_heads` context vectors.
+
+  Attributes:
+    num_classes: logits per example.
+    tokens: what a position is: 'rows' (one row of pixels) or 'patches' (a `patch` x `patch`
+      patch).
+    patch: the patch side, for tokens='patches'; it must divide the image sides.
+    dim: the features of every position.
+    layers: rounds of single-head self-attention (each with a residual MLP).
+    pool_heads: softmax distributions over positions in the pooling, each giving one context
+      vector.
+    hidden: width of the dense layer between the pooled context and the head.
+    dropout: rate on the pooled context and on the hidden layer.
+    batch_split: the pmap path's batch layout (train steps); None under jit.
+  """
+
   num_classes: int = 10
   tokens: str = 'patches'
   patch: int = 4
@@ -28,8 +46,10 @@ class AttentionClassifier(nn.Module):
   pool_heads: int = 4
   hidden: int = 256
   dropout: float = 0.1
+  batch_split: parallel.BatchSplit | None = None  # the pmap path's batch layout (train steps)
 
   def _positions(self, x):
+    """[B, H, W, C] -> [B, positions, features] rows or patches."""
     chex.assert_rank(x, 4)
     if self.tokens == 'rows':
       return x.reshape(x.shape[0], x.shape[1], -1)
@@ -39,6 +59,19 @@ class AttentionClassifier(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train: bool):
+    """Classifies a batch of images; sows the pooling weights as `attention_weights`.
+
+    Args:
+      x: images f32[B, H, W, C].
+      train: dropout on.
+
+    Returns:
+      Logits f32[B, num_classes]. The 'intermediates' collection gets `attention_weights`
+      f32[B, positions, pool_heads].
+
+    Raises:
+      ValueError: `tokens` is not one of `TOKENS`, or the patches do not divide the image.
+    """
     h = nn.Dense(self.dim, name='project')(self._positions(x))
     h = nn.LayerNorm()(PositionEmbedding()(nn.gelu(h)))
     for i in range(self.layers):
@@ -51,8 +84,10 @@ class AttentionClassifier(nn.Module):
     weights = jax.nn.softmax(scores, axis=1)  # [B, positions, heads]
     self.sow('intermediates', 'attention_weights', weights)
     context = jnp.einsum('bph,bpd->bhd', weights, h).reshape(x.shape[0], -1)
-    context = layers.Dropout(self.dropout, deterministic=not train)(context)
-    y = layers.Dropout(self.dropout, deterministic=not train)(nn.gelu(nn.Dense(self.hidden)(context)))
+    context = layers.Dropout(self.dropout, deterministic=not train, split=self.batch_split)(context)
+    y = layers.Dropout(self.dropout, deterministic=not train, split=self.batch_split)(
+      nn.gelu(nn.Dense(self.hidden)(context))
+    )
     logits = nn.Dense(self.num_classes, name='head')(y)
     chex.assert_shape(logits, (x.shape[0], self.num_classes))
     return logits.astype(jnp.float32)

@@ -19,19 +19,21 @@ inside the loop when ``chunk`` is a multiple of d (otherwise it still works,
 but the partitioner gathers the batch).
 
 Which impl to use on CPU (jax 0.10): XLA:CPU hands 2-D f32 convolutions to
-YNNPACK by default, which is slow here; ``im2col`` avoids that and is
-1.5-2x faster per conv (fwd+bwd). Faster still is ``impl='xla'`` with that rewrite disabled,
-e.g. ``jax.jit(step, compiler_options={'xla_cpu_experimental_ynn_fusion_type':
+YNNPACK by default, which is slow for these small convolutions; ``im2col``
+avoids that and is 1.5-2x faster per conv (fwd+bwd). Faster still is
+``impl='xla'`` with that rewrite disabled, e.g.
+``jax.jit(step, compiler_options={'xla_cpu_experimental_ynn_fusion_type':
 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'})`` or
 ``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-individual_convolution``
 (see benchmarks/conv_impls.py).
 
 All layouts are NHWC activations and HWIO kernels, like ``flax.linen.Conv``.
 """
+
 from __future__ import annotations
 
 import functools
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import chex
 import flax.linen as nn
@@ -41,7 +43,7 @@ from jax import lax
 
 from jaxvision import parallel
 
-Padding = Union[str, int, Sequence[tuple[int, int]]]
+Padding = str | int | Sequence[tuple[int, int]]
 _DN = ('NHWC', 'HWIO', 'NHWC')
 
 
@@ -70,9 +72,9 @@ def _patches(x, kh, kw, strides, pads):
   (sh, sw) = strides
   ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
   cols = [
-      lax.slice(x, (0, i, j, 0), (b, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c),
-                (1, sh, sw, 1))
-      for i in range(kh) for j in range(kw)
+    lax.slice(x, (0, i, j, 0), (b, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c), (1, sh, sw, 1))
+    for i in range(kh)
+    for j in range(kw)
   ]
   return cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
 
@@ -95,8 +97,11 @@ def _col2im(cols, x_hw, kh, kw, strides, pads):
       # Window (i, j) read xpad[i + sh*o]; scatter it back with a strided pad.
       hi_h = hp - i - sh * (ho - 1) - 1
       hi_w = wp - j - sw * (wo - 1) - 1
-      term = lax.pad(cols[:, :, :, i * kw + j], zero,
-                     ((0, 0, 0), (i, hi_h, sh - 1), (j, hi_w, sw - 1), (0, 0, 0)))
+      term = lax.pad(
+        cols[:, :, :, i * kw + j],
+        zero,
+        ((0, 0, 0), (i, hi_h, sh - 1), (j, hi_w, sw - 1), (0, 0, 0)),
+      )
       out = term if out is None else out + term
   # Undo the forward padding (negative padding = crop; cropped rows get 0).
   (lh, rh), (lw, rw) = pads
@@ -118,6 +123,7 @@ def _to_chunks(a, nc, cb):
 
 
 def _from_chunks(a, n):
+  """The inverse of `_to_chunks`: (cb, nc, ...) -> (n, ...), the padding rows dropped."""
   return a.reshape(-1, *a.shape[2:])[:n]
 
 
@@ -153,6 +159,7 @@ _DIRECT_MAX_K = 32
 
 
 def _conv_direct(x, kernel, strides, pads):
+  """The forward conv as a sum of shifted, broadcast products (few patch features)."""
   kh, kw, cin, _ = kernel.shape
   acc_t = jnp.promote_types(x.dtype, jnp.float32)
   p = _patches(x, 1, 1, (1, 1), pads)  # just the padded input
@@ -161,14 +168,15 @@ def _conv_direct(x, kernel, strides, pads):
   y = 0
   for i in range(kh):
     for j in range(kw):
-      win = p[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
+      win = p[:, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw]
       for c in range(cin):
-        y = y + win[..., c:c + 1].astype(acc_t) * kernel[i, j, c].astype(acc_t)
+        y = y + win[..., c : c + 1].astype(acc_t) * kernel[i, j, c].astype(acc_t)
   return y.astype(x.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _conv_im2col(x, kernel, strides, pads, chunk):
+  """The im2col forward: patches @ kernel, `chunk` images per loop step."""
   kh, kw, cin, cout = kernel.shape
   if kh * kw * cin <= _DIRECT_MAX_K:
     return _conv_direct(x, kernel, strides, pads)
@@ -183,6 +191,7 @@ def _conv_im2col_fwd(x, kernel, strides, pads, chunk):
 
 
 def _conv_im2col_bwd(strides, pads, chunk, res, g):
+  """(dx, dkernel) chunk by chunk: col2im(g @ kernel^T) and sum_chunks patches^T @ g."""
   x, kernel = res
   kh, kw, cin, cout = kernel.shape
   n = x.shape[0]
@@ -213,8 +222,15 @@ def _conv_im2col_bwd(strides, pads, chunk, res, g):
 _conv_im2col.defvjp(_conv_im2col_fwd, _conv_im2col_bwd)
 
 
-def conv2d(x: jax.Array, kernel: jax.Array, *, strides: Sequence[int] = (1, 1),
-           padding: Padding = 'SAME', impl: str = 'xla', chunk: int = 8) -> jax.Array:
+def conv2d(
+  x: jax.Array,
+  kernel: jax.Array,
+  *,
+  strides: Sequence[int] = (1, 1),
+  padding: Padding = 'SAME',
+  impl: str = 'xla',
+  chunk: int = 8,
+) -> jax.Array:
   """2-D convolution, NHWC input, HWIO kernel, NHWC output.
 
   Args:
@@ -225,10 +241,18 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, strides: Sequence[int] = (1, 1),
     impl: 'xla' (``lax.conv_general_dilated``) or 'im2col' (chunked patches +
       matmul with a chunked custom backward; see the module docstring for
       when it is faster). 'im2col' supports reverse mode only (no jax.jvp).
-    chunk: images per im2col loop step (4-8 measured best on a 2-core CPU).
+    chunk: images per im2col loop step, small enough that a chunk's patch
+      tensor stays in cache (4-8 suit a small CPU; benchmarks/conv_impls.py).
       The batch is split into near-equal chunks of at most ``chunk`` images
       (zero-padded if needed). With a batch sharded over d devices, use a
       multiple of d.
+
+  Returns:
+    (batch, out_height, out_width, out_channels).
+
+  Raises:
+    ValueError: ``impl`` is neither 'xla' nor 'im2col', or ``padding`` is not
+      two (lo, hi) pairs.
   """
   strides = (strides,) * 2 if isinstance(strides, int) else tuple(int(s) for s in strides)
   pads = _resolve_padding(padding, x.shape[1:3], kernel.shape[:2], strides)
@@ -244,7 +268,21 @@ class Conv(nn.Module):
 
   Parameters are ``kernel`` (kh, kw, in, features) and ``bias`` (features,),
   identical to ``nn.Conv``, so checkpoints are interchangeable across impls.
+
+  Attributes:
+    features: output channels.
+    kernel_size: (kh, kw).
+    strides: (sh, sw).
+    padding: as in `conv2d`.
+    use_bias: add a learned bias.
+    impl: 'xla' or 'im2col' (see `conv2d`).
+    chunk: images per im2col loop step (see `conv2d`).
+    dtype: the computation dtype (None: from the inputs and params).
+    param_dtype: the parameters' dtype.
+    kernel_init: the kernel's initializer.
+    bias_init: the bias's initializer.
   """
+
   features: int
   kernel_size: Sequence[int] = (3, 3)
   strides: Sequence[int] = (1, 1)
@@ -259,14 +297,27 @@ class Conv(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    """Convolves a batch (see `conv2d`).
+
+    Args:
+      x: (B, H, W, C).
+
+    Returns:
+      (B, H', W', features), plus the bias when `use_bias`.
+    """
     chex.assert_rank(x, 4)
-    kernel = self.param('kernel', self.kernel_init,
-                        (*self.kernel_size, x.shape[-1], self.features), self.param_dtype)
-    bias = (self.param('bias', self.bias_init, (self.features,), self.param_dtype)
-            if self.use_bias else None)
+    kernel = self.param(
+      'kernel', self.kernel_init, (*self.kernel_size, x.shape[-1], self.features), self.param_dtype
+    )
+    bias = (
+      self.param('bias', self.bias_init, (self.features,), self.param_dtype)
+      if self.use_bias
+      else None
+    )
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    y = conv2d(x, kernel, strides=self.strides, padding=self.padding,
-               impl=self.impl, chunk=self.chunk)
+    y = conv2d(
+      x, kernel, strides=self.strides, padding=self.padding, impl=self.impl, chunk=self.chunk
+    )
     return y if bias is None else y + bias
 
 
@@ -275,6 +326,7 @@ class Conv(nn.Module):
 
 @jax.custom_vjp
 def _max_pool_2x2(x):
+  """2x2/2 max-pool of even-sized x as a reshape and a max."""
   b, h, w, c = x.shape
   return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
@@ -291,13 +343,14 @@ def _max_pool_2x2_bwd(res, g):
   b, h, w, c = x.shape
   xr = x.reshape(b, h // 2, 2, w // 2, 2, c)
   y = y[:, :, None, :, None, :]
-  hit = [xr[:, :, p:p + 1, :, q:q + 1] == y for p in (0, 1) for q in (0, 1)]
+  hit = [xr[:, :, p : p + 1, :, q : q + 1] == y for p in (0, 1) for q in (0, 1)]
   taken = [hit[0], hit[0] | hit[1], hit[0] | hit[1] | hit[2]]
   first = [hit[0], hit[1] & ~taken[0], hit[2] & ~taken[1], ~taken[2]]
   p = lax.broadcasted_iota(jnp.int32, xr.shape, 2)
   q = lax.broadcasted_iota(jnp.int32, xr.shape, 4)
-  sel = jnp.where(p == 0, jnp.where(q == 0, first[0], first[1]),
-                  jnp.where(q == 0, first[2], first[3]))
+  sel = jnp.where(
+    p == 0, jnp.where(q == 0, first[0], first[1]), jnp.where(q == 0, first[2], first[3])
+  )
   dx = jnp.where(sel, g[:, :, None, :, None, :], jnp.zeros((), g.dtype))
   return (dx.reshape(x.shape),)
 
@@ -312,20 +365,57 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   faster on CPU than ``reduce_window`` / ``select_and_scatter``. Gradients
   match ``nn.max_pool`` exactly, ties included (first maximum wins). An odd
   last row/column is dropped, as VALID pooling does.
+
+  Args:
+    x: (B, H, W, C).
+
+  Returns:
+    (B, H // 2, W // 2, C).
   """
   chex.assert_rank(x, 4)
   _, h, w, _ = x.shape
   if h % 2 or w % 2:
-    x = x[:, :h - h % 2, :w - w % 2]
+    x = x[:, : h - h % 2, : w - w % 2]
   return _max_pool_2x2(x)
 
 
+def depth_to_space(x: jax.Array, r: int = 2) -> jax.Array:
+  """The sub-pixel upsampling of a conv's channels.
+
+  Args:
+    x: (B, H, W, r*r*C); channel (i*r + j)*C + c becomes pixel (i, j) of channel c's r x r block.
+    r: the upsampling factor.
+
+  Returns:
+    (B, r*H, r*W, C).
+  """
+  b, h, w, c = x.shape
+  x = x.reshape(b, h, w, r, r, c // (r * r)).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, h * r, w * r, c // (r * r))
+
+
 class Dropout(nn.Dropout):
-  """`flax.linen.Dropout` whose mask is drawn through `parallel.batch_rows`: under jit it is
-  flax's mask bit for bit; under the pmap path each device gets the jit path's mask rows."""
+  """`flax.linen.Dropout` whose mask is drawn through `parallel.batch_rows`: under jit (`split`
+  None) it is flax's mask bit for bit; under the pmap path each device gets the jit path's mask
+  rows."""
+
+  split: parallel.BatchSplit | None = None
 
   @nn.compact
   def __call__(self, inputs, deterministic: bool | None = None, rng=None):
+    """Drops entries of `inputs` with probability `rate` and scales the rest by 1 / (1 - rate).
+
+    Args:
+      inputs: [B, ...]; axis 0 is the batch (it must not be in `broadcast_dims`).
+      deterministic: no dropout (merged with the field of the same name).
+      rng: the mask's key; None: `make_rng(rng_collection)`.
+
+    Returns:
+      An array of the shape and dtype of `inputs`.
+
+    Raises:
+      ValueError: `broadcast_dims` contains the batch axis 0.
+    """
     deterministic = nn.merge_param('deterministic', self.deterministic, deterministic)
     if self.rate == 0.0 or deterministic:
       return inputs
@@ -336,11 +426,21 @@ class Dropout(nn.Dropout):
     keep = 1.0 - self.rate
     rng = self.make_rng(self.rng_collection) if rng is None else rng
     shape = [1 if d in self.broadcast_dims else s for d, s in enumerate(inputs.shape)]
-    mask = parallel.batch_rows(lambda s: jax.random.bernoulli(rng, p=keep, shape=s), shape)
+    mask = parallel.batch_rows(
+      self.split, lambda s: jax.random.bernoulli(rng, p=keep, shape=s), shape
+    )
     return lax.select(jnp.broadcast_to(mask, inputs.shape), inputs / keep, jnp.zeros_like(inputs))
 
 
-def batch_norm(**kwargs) -> nn.BatchNorm:
+def batch_norm(split: parallel.BatchSplit | None = None, **kwargs) -> nn.BatchNorm:
   """`flax.linen.BatchNorm` with statistics over the global batch under either parallel path
-  (under pmap its `axis_name` is the batch axis; under jit the batch is one array already)."""
-  return nn.BatchNorm(axis_name=parallel.batch_axis(), **kwargs)
+  (under pmap its `axis_name` is the batch axis of `split`; under jit the batch is one array).
+
+  Args:
+    split: the pmap path's batch layout, or None under jit.
+    **kwargs: `nn.BatchNorm`'s other fields (use_running_average, momentum, epsilon, name, ...).
+
+  Returns:
+    The BatchNorm module.
+  """
+  return nn.BatchNorm(axis_name=parallel.batch_axis(split), **kwargs)

@@ -15,12 +15,14 @@ computed over the *global* batch (XLA inserts the cross-device reduction), so
 the statistics are averaged across devices by construction; under the `pmap`
 path `layers.batch_norm` averages them over the batch axis.
 """
+
 import functools
 
 import chex
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxvision import parallel
 from jaxvision.models import layers
 
 BLOCKS = ('basic', 'bottleneck')
@@ -36,6 +38,10 @@ def _shortcut(block: nn.Module, x, y):
 
 
 class BasicBlock(nn.Module):
+  """Two 3x3 convs (the first with `strides`) with BatchNorm, plus the shortcut; the last
+  BatchNorm's scale starts at 0, so the block starts as the identity. `conv` and `norm` are the
+  ResNet's configured `layers.Conv` and `layers.batch_norm`."""
+
   features: int
   strides: int
   conv: type
@@ -43,12 +49,23 @@ class BasicBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x):
+    """Applies the block.
+
+    Args:
+      x: f32[B, H, W, C].
+
+    Returns:
+      f32[B, ceil(H/strides), ceil(W/strides), features].
+    """
     y = nn.relu(self.norm()(self.conv(self.features, (3, 3), strides=self.strides)(x)))
     y = self.norm(scale_init=nn.initializers.zeros_init())(self.conv(self.features, (3, 3))(y))
     return nn.relu(_shortcut(self, x, y) + y)
 
 
 class BottleneckBlock(nn.Module):
+  """1x1 conv -> 3x3 conv (with `strides`) -> 1x1 conv to 4 x `features`, each with BatchNorm,
+  plus the shortcut; the last BatchNorm's scale starts at 0."""
+
   features: int
   strides: int
   conv: type
@@ -56,6 +73,14 @@ class BottleneckBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x):
+    """Applies the block.
+
+    Args:
+      x: f32[B, H, W, C].
+
+    Returns:
+      f32[B, ceil(H/strides), ceil(W/strides), 4 * features].
+    """
     y = nn.relu(self.norm()(self.conv(self.features, (1, 1))(x)))
     y = nn.relu(self.norm()(self.conv(self.features, (3, 3), strides=self.strides)(y)))
     y = self.norm(scale_init=nn.initializers.zeros_init())(self.conv(self.features * 4, (1, 1))(y))
@@ -63,6 +88,19 @@ class BottleneckBlock(nn.Module):
 
 
 class ResNet(nn.Module):
+  """ResNet v1.5 classifier (see the module docstring for the standard depths).
+
+  Attributes:
+    num_classes: logits per example.
+    stage_sizes: blocks per stage; stage i has `width * 2**i` channels.
+    block: 'basic' (two 3x3 convs) or 'bottleneck' (1x1, 3x3, 1x1 to 4x the channels).
+    width: the channels of the stem and of the first stage.
+    stem: 'cifar' (one 3x3 conv) or 'imagenet' (7x7/2 conv and 3x3/2 max-pool).
+    conv_impl: the `layers.Conv` implementation, 'xla' or 'im2col'.
+    bn_momentum: momentum of BatchNorm's running averages.
+    batch_split: the pmap path's batch layout (train steps); None under jit.
+  """
+
   num_classes: int = 10
   stage_sizes: tuple[int, ...] = (3, 3, 3)
   block: str = 'basic'
@@ -70,17 +108,42 @@ class ResNet(nn.Module):
   stem: str = 'cifar'
   conv_impl: str = 'xla'
   bn_momentum: float = 0.9
+  batch_split: parallel.BatchSplit | None = None  # the pmap path's batch layout (train steps)
 
   @nn.compact
   def __call__(self, x, *, train: bool):
+    """Classifies a batch of images.
+
+    Args:
+      x: images f32[B, H, W, C].
+      train: batch statistics (and their running averages updated), or the running averages.
+
+    Returns:
+      Logits f32[B, num_classes].
+
+    Raises:
+      ValueError: `block` is not one of `BLOCKS` or `stem` not one of `STEMS`.
+    """
     chex.assert_rank(x, 4)
     if self.block not in BLOCKS or self.stem not in STEMS:
-      raise ValueError(f'model.block={self.block!r}, model.stem={self.stem!r}; '
-                       f'use block in {BLOCKS} and stem in {STEMS}')
-    conv = functools.partial(layers.Conv, use_bias=False, padding='SAME', impl=self.conv_impl,
-                             kernel_init=nn.initializers.variance_scaling(2.0, 'fan_out', 'normal'))
-    norm = functools.partial(layers.batch_norm, use_running_average=not train, momentum=self.bn_momentum,
-                             epsilon=1e-5)
+      raise ValueError(
+        f'model.block={self.block!r}, model.stem={self.stem!r}; '
+        f'use block in {BLOCKS} and stem in {STEMS}'
+      )
+    conv = functools.partial(
+      layers.Conv,
+      use_bias=False,
+      padding='SAME',
+      impl=self.conv_impl,
+      kernel_init=nn.initializers.variance_scaling(2.0, 'fan_out', 'normal'),
+    )
+    norm = functools.partial(
+      layers.batch_norm,
+      self.batch_split,
+      use_running_average=not train,
+      momentum=self.bn_momentum,
+      epsilon=1e-5,
+    )
     if self.stem == 'cifar':
       x = conv(self.width, (3, 3), name='conv_stem')(x)
     else:

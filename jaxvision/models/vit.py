@@ -7,22 +7,37 @@ must divide into patches: a 28x28 image takes patch 4 or 7, 32x32 takes 4 or 8.
 `dropout` acts after the attention and in the MLP (as in big_vision), not on the
 attention weights.
 """
+
 import chex
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxvision import parallel
 from jaxvision.models import layers
 
 POOLS = ('cls', 'mean')
 
 
 def patchify(x, patch: int):
-  """[B, H, W, C] -> [B, (H/p)*(W/p), p*p*C], row-major over patches."""
+  """Cuts images into flattened, non-overlapping patches.
+
+  Args:
+    x: images [B, H, W, C].
+    patch: the patch side p; it must divide H and W.
+
+  Returns:
+    Patches [B, (H/p)*(W/p), p*p*C], row-major over patches, each flattened as (row, col, C).
+
+  Raises:
+    ValueError: `patch` does not divide H and W.
+  """
   chex.assert_rank(x, 4)
   b, h, w, c = x.shape
   if h % patch or w % patch:
-    raise ValueError(f'images of {h}x{w} do not divide into {patch}x{patch} patches; '
-                     f'set --config.model.patch to a divisor of both')
+    raise ValueError(
+      f'images of {h}x{w} do not divide into {patch}x{patch} patches; '
+      f'set --config.model.patch to a divisor of both'
+    )
   x = x.reshape(b, h // patch, patch, w // patch, patch, c).transpose(0, 1, 3, 2, 4, 5)
   return x.reshape(b, (h // patch) * (w // patch), patch * patch * c)
 
@@ -32,28 +47,67 @@ class PositionEmbedding(nn.Module):
 
   @nn.compact
   def __call__(self, x):
+    """Adds the embedding.
+
+    Args:
+      x: f32[B, L, D].
+
+    Returns:
+      x + the learned embedding f32[L, D] (initialised N(0, 0.02^2)).
+    """
     pos = self.param('pos_embedding', nn.initializers.normal(0.02), x.shape[1:])
     return x + pos
 
 
 class EncoderBlock(nn.Module):
+  """A pre-norm Transformer block: LayerNorm -> multi-head self-attention -> residual, then
+  LayerNorm -> MLP (`mlp_dim`, GELU) -> residual; dropout on both branches' outputs and in the
+  MLP, none on the attention weights."""
+
   heads: int
   mlp_dim: int
   dropout: float = 0.0
+  batch_split: parallel.BatchSplit | None = None
 
   @nn.compact
   def __call__(self, x, *, train: bool):
+    """Applies the block.
+
+    Args:
+      x: tokens f32[B, L, D].
+      train: dropout on.
+
+    Returns:
+      f32[B, L, D].
+    """
+    drop = lambda: layers.Dropout(self.dropout, deterministic=not train, split=self.batch_split)
     y = nn.LayerNorm()(x)
-    y = nn.MultiHeadDotProductAttention(num_heads=self.heads)(y, y)  # no dropout on attention weights
-    x = x + layers.Dropout(self.dropout, deterministic=not train)(y)
+    y = nn.MultiHeadDotProductAttention(num_heads=self.heads)(
+      y, y
+    )  # no dropout on attention weights
+    x = x + drop()(y)
     y = nn.LayerNorm()(x)
     y = nn.Dense(self.mlp_dim)(y)
-    y = layers.Dropout(self.dropout, deterministic=not train)(nn.gelu(y))
+    y = drop()(nn.gelu(y))
     y = nn.Dense(x.shape[-1])(y)
-    return x + layers.Dropout(self.dropout, deterministic=not train)(y)
+    return x + drop()(y)
 
 
 class ViT(nn.Module):
+  """Vision Transformer classifier over `patch` x `patch` patches.
+
+  Attributes:
+    num_classes: logits per example.
+    patch: the patch side; it must divide the image sides.
+    dim: the token width.
+    depth: encoder blocks.
+    heads: attention heads per block (`dim` must divide by it).
+    mlp_dim: the hidden width of each block's MLP.
+    dropout: rate after the attention, in the MLP and after it.
+    pool: 'cls' (a learned class token, read by the head) or 'mean' (mean over the tokens).
+    batch_split: the pmap path's batch layout (train steps); None under jit.
+  """
+
   num_classes: int = 10
   patch: int = 4
   dim: int = 128
@@ -62,9 +116,22 @@ class ViT(nn.Module):
   mlp_dim: int = 256
   dropout: float = 0.0
   pool: str = 'cls'
+  batch_split: parallel.BatchSplit | None = None  # the pmap path's batch layout (train steps)
 
   @nn.compact
   def __call__(self, x, *, train: bool):
+    """Classifies a batch of images.
+
+    Args:
+      x: images f32[B, H, W, C].
+      train: dropout on.
+
+    Returns:
+      Logits f32[B, num_classes].
+
+    Raises:
+      ValueError: `pool` is not one of `POOLS`, or `patch` does not divide H and W.
+    """
     if self.pool not in POOLS:
       raise ValueError(f'model.pool={self.pool!r}; use one of {POOLS}')
     tokens = nn.Dense(self.dim, name='patch_embedding')(patchify(x, self.patch))
@@ -73,9 +140,13 @@ class ViT(nn.Module):
       tokens = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, self.dim)), tokens], axis=1)
     tokens = PositionEmbedding()(tokens)
     for i in range(self.depth):
-      tokens = EncoderBlock(self.heads, self.mlp_dim, self.dropout, name=f'block{i + 1}')(tokens, train=train)
+      tokens = EncoderBlock(
+        self.heads, self.mlp_dim, self.dropout, self.batch_split, name=f'block{i + 1}'
+      )(tokens, train=train)
     tokens = nn.LayerNorm(name='norm')(tokens)
     pooled = tokens[:, 0] if self.pool == 'cls' else jnp.mean(tokens, axis=1)
-    logits = nn.Dense(self.num_classes, name='head', kernel_init=nn.initializers.zeros_init())(pooled)
+    logits = nn.Dense(self.num_classes, name='head', kernel_init=nn.initializers.zeros_init())(
+      pooled
+    )
     chex.assert_shape(logits, (x.shape[0], self.num_classes))
     return logits.astype(jnp.float32)
