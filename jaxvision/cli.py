@@ -8,7 +8,6 @@ and anything unexpected 1, with its traceback in WORKDIR/error.log.
 
 import datetime
 import glob
-import importlib.util
 import logging as std_logging
 import os
 import sys
@@ -20,6 +19,7 @@ from absl import flags, logging
 from etils import epath
 from ml_collections import config_flags
 
+from jaxvision import config as config_lib
 from jaxvision import errors, modes, train
 from jaxvision import workdir as workdir_lib
 
@@ -65,10 +65,7 @@ def load_config_file(config_arg: str):
     known = f'; {where}/ has {", ".join(names)}' if names else ''
     return None, f'--config {path}: no such file{known}'
   try:
-    spec = importlib.util.spec_from_file_location('_jaxvision_config_check', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return (module.get_config(preset) if preset else module.get_config()), None
+    return config_lib.from_file(path, preset), None
   except Exception as e:
     first = (str(e).strip().splitlines() or [''])[0]
     return None, f'--config {config_arg}: {type(e).__name__}: {first}'

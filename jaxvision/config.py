@@ -326,11 +326,12 @@ def smoke(c: ml_collections.ConfigDict, batch_size: int = 32) -> ml_collections.
 
 
 def from_file(path: str, preset: str = '') -> ml_collections.ConfigDict:
-  """`get_config(preset)` of a config file, for configs that derive from another one.
+  """`get_config(preset)` of a config file: for configs that derive from another one, and for the
+  command line's `--config path[:preset]`.
 
   Args:
     path: the config file.
-    preset: the preset passed to its `get_config`.
+    preset: the preset passed to its `get_config`; '' calls `get_config()`, the file's default.
 
   Returns:
     The config it makes.
@@ -338,7 +339,7 @@ def from_file(path: str, preset: str = '') -> ml_collections.ConfigDict:
   spec = importlib.util.spec_from_file_location(f'_config_{abs(hash(path))}', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config(preset)
+  return module.get_config(preset) if preset else module.get_config()
 
 
 def merge_known(config: ml_collections.ConfigDict, values: dict) -> ml_collections.ConfigDict:
