@@ -284,7 +284,15 @@ def setup(config, workdir: str, restoring: bool = False) -> Experiment:
   final_eval_step = eval_step if task.final_eval_step is None else jit_eval(task.final_eval_step)
   generative = None
   if task.sample is not None and config.eval.fd_samples:
-    generative = generative_lib.GenerativeMetrics(config, task.sample, train_split, eval_split)
+    generative = generative_lib.GenerativeMetrics(
+      config,
+      task.sample,
+      train_split,
+      eval_split,
+      sharding=batch_sharding,
+      shards=shards,
+      compiler_options=options,
+    )
   return Experiment(
     config,
     workdir,

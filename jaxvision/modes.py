@@ -15,11 +15,12 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from jaxvision import experiment, grids, tasks, writers
+from jaxvision import experiment, grids, parallel, tasks, writers
 from jaxvision import workdir as workdir_lib
 from jaxvision.data import pipeline
 from jaxvision.errors import ConfigError
 from jaxvision.evaluate import explain as explain_lib
+from jaxvision.evaluate import generative
 
 
 def evaluate(config, workdir: str) -> dict:
@@ -72,27 +73,19 @@ def sample(config, workdir: str) -> dict:
     )
   exp = experiment.setup(config, workdir, restoring=True)
   step, state = experiment.restore_latest(exp)
-  n, chunk = int(config.sample.n), 500
+  n = int(config.sample.n)
   num_classes = (
     getattr(state.model, 'num_classes', 0) if getattr(state.model, 'conditional', True) else 0
   )
   labels = np.arange(n) % num_classes if num_classes else None
   key = jax.random.fold_in(jax.random.PRNGKey(config.seed), step)
-  fn = jax.jit(task.sample, static_argnums=2)
-  images = np.concatenate(
-    [
-      np.asarray(
-        fn(
-          state,
-          jax.random.fold_in(key, i),
-          min(chunk, n - start),
-          None if labels is None else jnp.asarray(labels[start : start + chunk]),
-        )
-      )
-      for i, start in enumerate(range(0, n, chunk))
-    ]
+  draw = generative.ChunkedSampler(
+    task.sample,
+    exp.batch_sharding,
+    parallel.batch_size_per_shard(exp.mesh),
+    compiler_options=parallel.compiler_options(config),
   )
-  images = grids.to_uint8(images)
+  images = grids.to_uint8(draw(state, key, n, labels))
   out = os.path.join(workdir, 'samples', f'step_{step}')
   if jax.process_index() == 0:
     for moved in workdir_lib.set_aside(out, out + '.npz'):

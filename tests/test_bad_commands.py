@@ -197,6 +197,36 @@ CASES = [
     'gan.d_lr=-0.001 must be >= 0',
   ),
   (
+    ['--config', 'configs/diffusion.py:smoke', '--config.diffusion.objective=flow'],
+    NEW,
+    2,
+    "sample.sampler='ddim' is not allowed; use one of: euler, heun",
+  ),
+  (
+    ['--config', 'configs/diffusion.py:smoke', '--config.diffusion.schedule=cosin'],
+    NEW,
+    2,
+    "diffusion.schedule='cosin' is not allowed; use one of: cosine, linear",
+  ),
+  (
+    ['--config', 'configs/diffusion.py:smoke', '--config.sample.guidance=-1'],
+    NEW,
+    2,
+    'sample.guidance=-1.0 must be >= 0',
+  ),
+  (
+    ['--config', 'configs/diffusion.py:smoke', '--config.sample.guidance=2'],
+    NEW,
+    2,
+    'sample.guidance=2.0 needs a conditional model',
+  ),
+  (
+    ['--config', 'configs/diffusion.py:smoke', '--config.sample.steps=0'],
+    NEW,
+    2,
+    'sample.steps=0 must be >= 1',
+  ),
+  (
     ['--config', 'configs/cnn.py:smoke', '--mode', 'sample'],
     TRAINED,
     2,

@@ -17,7 +17,7 @@ import pytest
 from conftest import run_py, tree_snapshot
 from jaxvision import writers
 
-GENERATORS = ('gan', 'dcgan', 'cgan', 'vae', 'conv_vae', 'cvae')
+GENERATORS = ('gan', 'dcgan', 'cgan', 'vae', 'conv_vae', 'cvae', 'diffusion')
 CONDITIONAL = ('cgan', 'cvae')
 IMAGE_CLASSIFIERS = ('cnn', 'resnet', 'vit', 'attention', 'lstm', 'transfer', 'augment', 'cas')
 CONFIGS = IMAGE_CLASSIFIERS + ('cnn_rnn',) + GENERATORS

@@ -39,7 +39,7 @@ def _sha(workdir):
   return writers.read_json(os.path.join(workdir, 'run.json'))['final_params_sha256']
 
 
-@pytest.mark.parametrize('name', ['cnn', 'dcgan', 'vae'])
+@pytest.mark.parametrize('name', ['cnn', 'dcgan', 'vae', 'diffusion'])
 def test_sigkill_then_resume_equals_the_uninterrupted_run(
   make_config, reference_run, tmp_path, tfds_dir, name
 ):

@@ -45,7 +45,13 @@ MESHES = {'fsdp8': dict(mesh__data=1, mesh__fsdp=8), 'dp2_fsdp4': dict(mesh__dat
 
 
 @pytest.mark.parametrize(
-  'name, meshes', [('cnn', ('fsdp8', 'dp2_fsdp4')), ('dcgan', ('fsdp8',)), ('vae', ('fsdp8',))]
+  'name, meshes',
+  [
+    ('cnn', ('fsdp8', 'dp2_fsdp4')),
+    ('dcgan', ('fsdp8',)),
+    ('vae', ('fsdp8',)),
+    ('diffusion', ('fsdp8',)),
+  ],
 )
 def test_fsdp_trains_like_data_parallel_with_the_state_sharded(
   make_config, reference_run, tmp_path, name, meshes
@@ -75,7 +81,7 @@ def _train_rows(workdir) -> list[dict]:
   ]
 
 
-@pytest.mark.parametrize('name', ['cnn', 'gan', 'dcgan', 'vae'])
+@pytest.mark.parametrize('name', ['cnn', 'gan', 'dcgan', 'vae', 'diffusion'])
 def test_pmap_trains_like_jit(make_config, tmp_path, name):
   """config.parallel='pmap': the same step per device with batch_mean / batch_rows / BatchNorm over
   the axis. cnn: BatchNorm, dropout, shift augmentation; gan: dropout in D on [real; fake];

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
+from jax.experimental import multihost_utils
 
 from jaxvision.errors import ConfigError
 from jaxvision.models import cnn, inception
@@ -219,11 +220,66 @@ def _unflatten(flat: dict) -> dict:
   return jax.tree.map(jnp.asarray, traverse_util.unflatten_dict(flat, sep='/'))
 
 
+class ChunkedSampler:
+  """A task's `sample(state, rng, n, labels)`, jitted once for chunks of a fixed size (500 rounded
+  up to a multiple of the mesh's batch shards) whose rows are spread over the mesh like a train
+  batch; any n is drawn chunk by chunk, chunk i with `fold_in(key, i)`, the last one trimmed."""
+
+  def __init__(
+    self, sample, sharding=None, shards: int = 1, chunk: int = 500, compiler_options=None
+  ):
+    """Jits `sample` for one chunk size.
+
+    Args:
+      sample: the task's sample function.
+      sharding: where the images go (the mesh's batch sharding), or None: one device.
+      shards: how many ways `sharding` splits a batch.
+      chunk: the samples drawn per call, before rounding up to `shards`.
+      compiler_options: XLA's options, as the train steps compile with them
+        (`parallel.compiler_options`).
+    """
+    self.chunk = -(-chunk // shards) * shards
+    self._fn = jax.jit(
+      sample, static_argnums=2, out_shardings=sharding, compiler_options=compiler_options
+    )
+
+  def __call__(self, state, key, n: int, labels=None, interrupted=lambda: False):
+    """n images in [0, 1] (numpy); None if `interrupted()` turned true between chunks.
+
+    Args:
+      state: the task's state.
+      key: the draw's key.
+      n: how many images.
+      labels: i32[n] of a conditional generator, or None.
+      interrupted: () -> bool, asked before each chunk.
+    """
+    out = []
+    for i, start in enumerate(range(0, n, self.chunk)):
+      if interrupted():
+        return None
+      y = None
+      if labels is not None:  # the chunk's labels, the last chunk's padded with its first ones
+        y = np.resize(np.asarray(labels[start : start + self.chunk]), self.chunk)
+      images = self._fn(state, jax.random.fold_in(key, i), self.chunk, y)
+      if not images.is_fully_addressable:  # rows on other hosts: every process gets them all
+        images = multihost_utils.process_allgather(images, tiled=True)
+      out.append(np.asarray(images)[: n - start])
+    return np.concatenate(out)
+
+
 class GenerativeMetrics:
   """FD/KID of a generator's samples against the eval split, with the real floor."""
 
   def __init__(
-    self, config, sample, train_split, eval_split, features: DomainFeatures | None = None
+    self,
+    config,
+    sample,
+    train_split,
+    eval_split,
+    features: DomainFeatures | None = None,
+    sharding=None,
+    shards: int = 1,
+    compiler_options=None,
   ):
     """Reads the real images and computes their features and the floors once.
 
@@ -233,6 +289,9 @@ class GenerativeMetrics:
       train_split: the real train split (the floor's "generator").
       eval_split: the real images the samples are compared with.
       features: the feature network (default: the committed domain classifier).
+      sharding: the mesh's batch sharding, over which the samples are drawn (None: one device).
+      shards: how many ways `sharding` splits a batch.
+      compiler_options: XLA's options for the sampler (`parallel.compiler_options`).
 
     Raises:
       ConfigError: the images are not 28x28x1 digits and no eval.inception_weights are given,
@@ -271,7 +330,7 @@ class GenerativeMetrics:
       self.floor['eval/fid_floor'] = frechet_distance(
         self.inception(real_train), self.real['inception']
       )
-    self._sample = jax.jit(sample, static_argnums=2)
+    self._sample = ChunkedSampler(sample, sharding, shards, compiler_options=compiler_options)
 
   def __call__(self, state, interrupted=lambda: False) -> dict | None:
     """The metrics of `state`'s generator; None if `interrupted()` turned true (asked between
@@ -279,20 +338,16 @@ class GenerativeMetrics:
 
     Args:
       state: the task's state, as `sample` takes it.
-      interrupted: () -> bool, asked before each chunk of 500 samples.
+      interrupted: () -> bool, asked before each chunk of samples.
 
     Returns:
       {'eval/fd', 'eval/kid' (digits), 'eval/fid' (with Inception weights) and the floors}, or
       None when interrupted.
     """
     key = jax.random.fold_in(jax.random.PRNGKey(self.seed), 0xFD)
-    chunk = 500
-    images = []
-    for i in range(-(-self.n // chunk)):
-      if interrupted():
-        return None
-      images.append(np.asarray(self._sample(state, jax.random.fold_in(key, i), chunk)))
-    images = np.concatenate(images)[: self.n]
+    images = self._sample(state, key, self.n, interrupted=interrupted)
+    if images is None:
+      return None
     out = dict(self.floor)
     if self.features is not None:
       fake = self.features(images)

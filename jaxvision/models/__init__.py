@@ -11,7 +11,7 @@ import jax
 import jax.extend.random
 
 from jaxvision.errors import ConfigError
-from jaxvision.models import attention, cnn, cnn_rnn, gan, lstm, resnet, vae, vit
+from jaxvision.models import attention, cnn, cnn_rnn, gan, lstm, resnet, unet, vae, vit
 
 MODELS: dict[str, type[nn.Module]] = {
   'cnn': cnn.CNN,
@@ -25,6 +25,7 @@ MODELS: dict[str, type[nn.Module]] = {
   'vae_mlp': vae.MLPVAE,
   'vae_conv': vae.ConvVAE,
   'vae_cond': vae.ConditionalVAE,
+  'unet': unet.UNet,
 }
 
 

@@ -8,10 +8,12 @@ import ml_collections
 from jaxvision import config as config_lib
 from jaxvision import models
 from jaxvision.errors import ConfigError
-from jaxvision.tasks import classification, gan, vae
+from jaxvision.tasks import classification, diffusion, gan, vae
 from jaxvision.tasks.task import Task
 
-TASKS: dict[str, Task] = {t.name: t for t in (classification.TASK, gan.TASK, vae.TASK)}
+TASKS: dict[str, Task] = {
+  t.name: t for t in (classification.TASK, gan.TASK, vae.TASK, diffusion.TASK)
+}
 
 
 def get(name: str) -> Task:

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 import chex
+import jax
+import jax.numpy as jnp
 import ml_collections
 
 from jaxvision import config as config_lib
@@ -105,3 +107,21 @@ def validate_generative(config) -> None:
       'eval.fd_samples=1 must be 0 (no FD/KID) or >= 2: a covariance needs two samples'
     )
   config_lib.check_range('sample.n', config.sample.n, config_lib.AT_LEAST_1)
+
+
+def image_keys(images, seed: int) -> jax.Array:
+  """One key per image from a fixed key and a hash of the image's 8-bit pixels: eval draws that
+  are a function of the image and the seed alone, whatever the batch, sharding or step.
+
+  Args:
+    images: f32[B, ...] in [0, 1].
+    seed: config.seed.
+
+  Returns:
+    B keys.
+  """
+  flat = jnp.round(images.reshape(images.shape[0], -1) * 255.0).astype(jnp.uint32)
+  weights = jnp.arange(flat.shape[1], dtype=jnp.uint32) * jnp.uint32(2654435761) + jnp.uint32(1)
+  hashes = jnp.sum(flat * weights, axis=1, dtype=jnp.uint32)
+  base = jax.random.fold_in(jax.random.PRNGKey(seed), EVAL_SALT)
+  return jax.vmap(lambda h: jax.random.fold_in(base, h))(hashes)

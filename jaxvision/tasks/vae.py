@@ -47,10 +47,10 @@ from jaxvision import config as config_lib
 from jaxvision import grids, models, optim, parallel
 from jaxvision.errors import ConfigError
 from jaxvision.tasks.task import (
-  EVAL_SALT,
   Task,
   check_batch,
   generative_config,
+  image_keys,
   validate_generative,
 )
 
@@ -314,15 +314,6 @@ def _elbo_terms(model, params, x, y, eps, likelihood: str):
   return -log_likelihood(likelihood, out, x), kl_to_standard_normal(mean, logvar)
 
 
-def _image_keys(images, seed: int):
-  """One key per image from a fixed key and a hash of the image's 8-bit pixels."""
-  flat = jnp.round(images.reshape(images.shape[0], -1) * 255.0).astype(jnp.uint32)
-  weights = jnp.arange(flat.shape[1], dtype=jnp.uint32) * jnp.uint32(2654435761) + jnp.uint32(1)
-  hashes = jnp.sum(flat * weights, axis=1, dtype=jnp.uint32)
-  base = jax.random.fold_in(jax.random.PRNGKey(seed), EVAL_SALT)
-  return jax.vmap(lambda h: jax.random.fold_in(base, h))(hashes)
-
-
 def binarize_eval(images, seed: int):
   """The fixed binarisation of a test image (a function of its pixels and the seed).
 
@@ -331,9 +322,9 @@ def binarize_eval(images, seed: int):
     seed: config.seed.
 
   Returns:
-    (binary images f32[B, H, W, C], one key per image (`_image_keys`)).
+    (binary images f32[B, H, W, C], one key per image (`task.image_keys`)).
   """
-  keys = _image_keys(images, seed)
+  keys = image_keys(images, seed)
   return jax.vmap(lambda k, x: jax.random.bernoulli(jax.random.fold_in(k, 0), x))(
     keys, images
   ).astype(jnp.float32), keys
@@ -351,7 +342,7 @@ def observe_eval(images, opts: VAEOptions):
   """
   if opts.likelihood == 'bernoulli':
     return binarize_eval(images, opts.seed)
-  return images, _image_keys(images, opts.seed)
+  return images, image_keys(images, opts.seed)
 
 
 def nll_iwae(

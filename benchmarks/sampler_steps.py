@@ -1,0 +1,163 @@
+"""Sample quality against the number of sampler steps of a trained diffusion or flow workdir.
+
+    python benchmarks/sampler_steps.py --config configs/diffusion.py --workdir runs/diffusion \
+        --samplers ddim --steps 5,10,25,50,100 --out benchmarks/results/steps_ddim.json
+    python benchmarks/sampler_steps.py --config configs/diffusion.py:flow \
+        --workdir runs/diffusion_flow --samplers euler,heun --steps 5,10,25,50,100 \
+        --out benchmarks/results/steps_flow.json
+    python benchmarks/sampler_steps.py --config configs/diffusion.py --workdir runs/diffusion \
+        --steps 25 --checkpoints 2000,3000,4000   # FD over training, from the kept checkpoints
+    python benchmarks/sampler_steps.py --plot benchmarks/results/steps_ddim.json \
+        benchmarks/results/steps_flow.json --png docs/diffusion_steps.png   # needs matplotlib
+
+For each sampler and step count: `eval/fd` and `eval/kid` of `--n` samples from the workdir's
+latest checkpoint (the EMA weights), through the loop's own `GenerativeMetrics` (same features,
+same seed-fixed noise), with the wall time of the sampling (the first of a step count includes
+its compilation) and the network calls per image
+(Heun: 2 per step but the last). `fd_floor_n` is FD(n real train digits, test digits): FD grows
+as n shrinks, so a row is to be read against the floor at the same n. Nothing in the workdir
+changes. `--plot` draws FD against network calls per image, one line per sampler.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+from jaxvision import checkpoint, experiment  # noqa: E402
+from jaxvision import config as config_lib  # noqa: E402
+from jaxvision import workdir as workdir_lib  # noqa: E402
+from jaxvision.evaluate import generative  # noqa: E402
+
+
+def network_calls(sampler: str, steps: int) -> int:
+  """Network evaluations per image (a guided sampler's two halves counted once)."""
+  return 2 * steps - 1 if sampler == 'heun' else steps
+
+
+def _states(exp, checkpoint_steps):
+  """(step, state) of each checkpoint step, or of the latest."""
+  if not checkpoint_steps:
+    yield experiment.restore_latest(exp)
+    return
+  ckpt = checkpoint.Checkpointer(exp.checkpoints, exp.config.train.keep_ckpts, read_only=True)
+  try:
+    for step in checkpoint_steps:
+      yield ckpt.restore(exp.state, step=step)
+  finally:
+    ckpt.close()
+
+
+def measure(config_arg: str, workdir: str, samplers, steps_list, n: int, checkpoint_steps) -> dict:
+  """The rows of FD/KID per (checkpoint, sampler, steps) of `workdir`."""
+  path, _, preset = config_arg.partition(':')
+  config = config_lib.from_file(path, preset)
+  config.eval.fd_samples = n
+  config.allow_config_change = True  # fd_samples differs from the run's; nothing is written
+  workdir = workdir_lib.resolve(workdir)
+  exp = experiment.setup(config, workdir, restoring=True)
+  metrics = exp.generative
+  rng = np.random.default_rng(0)
+  train = metrics.features(
+    exp.train_split.read(np.sort(rng.choice(exp.train_split.size, n, replace=False)))[
+      'image'
+    ].astype(np.float32)
+    / 255.0
+  )
+  floor_n = generative.frechet_distance(train, metrics.real['domain'])
+  rows = []
+  for step, state in _states(exp, checkpoint_steps):
+    for sampler in samplers:
+      for steps in steps_list:
+        opts = dataclasses.replace(state.opts, sampler=sampler, steps=steps)
+        start = time.perf_counter()
+        out = metrics(state.replace(opts=opts))
+        seconds = time.perf_counter() - start
+        row = {
+          'train_step': step,
+          'sampler': sampler,
+          'steps': steps,
+          'network_calls': network_calls(sampler, steps),
+          'fd': out['eval/fd'],
+          'kid': out['eval/kid'],
+          'seconds': seconds,
+          'images_per_sec': n / seconds,
+        }
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+  return {
+    'config': config_arg,
+    'workdir': workdir,
+    'n': n,
+    'fd_floor_n': floor_n,
+    'fd_floor_8000': metrics.floor['eval/fd_floor'],
+    'rows': rows,
+  }
+
+
+def plot(paths, png: str) -> None:
+  """FD against network calls per image, one line per (file, sampler)."""
+  import matplotlib  # noqa: PLC0415 (the bench extra; the measurements do not need it)
+
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt  # noqa: PLC0415
+
+  fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+  floors = []
+  for path in paths:
+    with open(path) as f:
+      result = json.load(f)
+    floors.append(result['fd_floor_n'])
+    for sampler in dict.fromkeys(r['sampler'] for r in result['rows']):
+      rows = [r for r in result['rows'] if r['sampler'] == sampler]
+      name = f'{sampler} ({os.path.basename(result["workdir"])})'
+      ax.plot([r['network_calls'] for r in rows], [r['fd'] for r in rows], 'o-', label=name)
+  ax.axhline(np.mean(floors), color='grey', ls='--', label='real digits (same n)')
+  ax.set_xscale('log')
+  ax.set_yscale('log')
+  ax.set_xlabel('network calls per image')
+  ax.set_ylabel(f'eval/fd ({result["n"]} samples)')
+  ax.legend()
+  ax.grid(True, which='both', alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(png)
+  print(f'wrote {png}')
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--config', help='path[:preset] of the workdir run')
+  parser.add_argument('--workdir')
+  parser.add_argument('--samplers', default='ddim')
+  parser.add_argument('--steps', default='5,10,25,50,100')
+  parser.add_argument('--n', type=int, default=1000, help='samples per FD')
+  parser.add_argument('--checkpoints', default='', help='checkpoint steps (default: the latest)')
+  parser.add_argument('--out', help='the JSON of rows')
+  parser.add_argument('--plot', nargs='+', help='JSONs of earlier runs to draw')
+  parser.add_argument('--png', default='docs/diffusion_steps.png')
+  args = parser.parse_args()
+  if args.plot:
+    plot(args.plot, args.png)
+    return
+  result = measure(
+    args.config,
+    args.workdir,
+    args.samplers.split(','),
+    [int(s) for s in args.steps.split(',')],
+    args.n,
+    [int(s) for s in args.checkpoints.split(',') if s],
+  )
+  if args.out:
+    with open(args.out, 'w') as f:
+      json.dump(result, f, indent=1)
+    print(f'wrote {args.out}')
+
+
+if __name__ == '__main__':
+  main()
