@@ -1,22 +1,27 @@
 """Sample quality against the number of sampler steps of a trained diffusion or flow workdir.
 
     python benchmarks/sampler_steps.py --config configs/diffusion.py --workdir runs/diffusion \
-        --samplers ddim --steps 5,10,25,50,100 --out benchmarks/results/steps_ddim.json
+        --samplers ddim --steps 5,10,25,50 --n 500 \
+        --out benchmarks/results/diffusion_steps_ddim.json
     python benchmarks/sampler_steps.py --config configs/diffusion.py:flow \
-        --workdir runs/diffusion_flow --samplers euler,heun --steps 5,10,25,50,100 \
-        --out benchmarks/results/steps_flow.json
+        --workdir runs/diffusion_flow --samplers euler --steps 5,10,25,50 --n 500 \
+        --out benchmarks/results/diffusion_steps_euler.json
+    python benchmarks/sampler_steps.py --config configs/diffusion.py:flow \
+        --workdir runs/diffusion_flow --samplers heun --steps 3,5,12,25 --n 500 \
+        --out benchmarks/results/diffusion_steps_heun.json
     python benchmarks/sampler_steps.py --config configs/diffusion.py --workdir runs/diffusion \
-        --steps 25 --checkpoints 2000,3000,4000   # FD over training, from the kept checkpoints
-    python benchmarks/sampler_steps.py --plot benchmarks/results/steps_ddim.json \
-        benchmarks/results/steps_flow.json --png docs/diffusion_steps.png   # needs matplotlib
+        --steps 25 --checkpoints 2000,3000,4000 --n 500 \
+        --out benchmarks/results/diffusion_training.json   # FD over training (kept checkpoints)
+    python benchmarks/sampler_steps.py --plot benchmarks/results/diffusion_steps_*.json \
+        --png docs/diffusion_steps.png   # needs matplotlib (the bench extra)
 
 For each sampler and step count: `eval/fd` and `eval/kid` of `--n` samples from the workdir's
 latest checkpoint (the EMA weights), through the loop's own `GenerativeMetrics` (same features,
 same seed-fixed noise), with the wall time of the sampling (the first of a step count includes
-its compilation) and the network calls per image
-(Heun: 2 per step but the last). `fd_floor_n` is FD(n real train digits, test digits): FD grows
-as n shrinks, so a row is to be read against the floor at the same n. Nothing in the workdir
-changes. `--plot` draws FD against network calls per image, one line per sampler.
+its compilation) and the network calls per image (Heun: 2 per step but the last). `fd_floor_n`
+is FD(n real train digits, test digits): FD grows as n shrinks, so a row is to be read against
+the floor at the same n. Nothing in the workdir changes. `--plot` draws FD against network calls
+per image, one line per sampler.
 """
 
 import argparse
