@@ -203,6 +203,18 @@ CASES = [
     "sample.sampler='ddim' is not allowed; use one of: euler, heun",
   ),
   (
+    ['--config', 'configs/diffusion.py:smoke', '--config.model.name=dcgan'],
+    NEW,
+    2,
+    "model.attention is not a field of model 'dcgan'",
+  ),
+  (
+    ['--config', 'configs/diffusion.py:smoke', '--config.data.scale=zero_one'],
+    NEW,
+    2,
+    'task diffusion models images in [-1, 1] and needs data.scale=minus_one_one',
+  ),
+  (
     ['--config', 'configs/diffusion.py:smoke', '--config.diffusion.schedule=cosin'],
     NEW,
     2,

@@ -13,6 +13,7 @@ import tensorflow_datasets as tfds
 from conftest import init_variables
 from jaxvision import config as config_lib
 from jaxvision import experiment, tasks, train
+from jaxvision.errors import ConfigError
 from jaxvision.models import unet
 from jaxvision.tasks import diffusion
 
@@ -247,3 +248,12 @@ def test_the_cifar10_preset_trains_on_mock_data(make_config, tmp_path):
     final = train.train_and_evaluate(config, str(tmp_path / 'run'))
   assert exp.train_split.image_shape == (32, 32, 3) and np.isfinite(final['eval/loss'])
   assert (tmp_path / 'run' / 'samples' / 'samples_step_2.png').exists()
+
+
+def test_the_task_refuses_another_model(make_config):
+  """A config whose fields happen to fit another model still needs the UNet."""
+  config = make_config('diffusion', **TINY)
+  with config.unlocked():
+    config.model.name = 'dcgan'
+  with pytest.raises(ConfigError, match="task diffusion needs model.name='unet', not 'dcgan'"):
+    diffusion.validate(config)
