@@ -372,7 +372,7 @@ def run_info(exp: Experiment) -> dict:
 
   Returns:
     {'config', 'workdir', 'git_commit', 'versions', 'devices', 'data', 'num_params',
-    'init_from'}.
+    'init_from', 'feature_networks' (of FD/KID/FID, or None)}.
   """
   return {
     'config': exp.config.to_dict(),
@@ -389,6 +389,7 @@ def run_info(exp: Experiment) -> dict:
     'data': {'train': exp.train_split.fingerprint, 'eval': exp.eval_split.fingerprint},
     'num_params': sum(int(x.size) for x in jax.tree_util.tree_leaves(exp.state.params)),
     'init_from': exp.transfer,
+    'feature_networks': exp.generative.provenance() if exp.generative is not None else None,
   }
 
 

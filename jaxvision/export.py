@@ -13,6 +13,7 @@ import numpy as np
 
 from jaxvision import checkpoint, experiment, tasks, writers
 from jaxvision import config as config_lib
+from jaxvision import workdir as workdir_lib
 from jaxvision.evaluate import generative
 
 
@@ -30,6 +31,7 @@ def export_domain_features(workdir: str, path: str = generative.DOMAIN_WEIGHTS) 
     errors.BadInput: the run's config or workdir cannot be used (see `experiment.setup`), e.g.
       WorkdirError when it holds no checkpoint.
   """
+  workdir = workdir_lib.resolve(workdir)  # Orbax restores from absolute paths only
   info = writers.read_json(os.path.join(workdir, 'run.json'))
   # the run's config over today's defaults: keys added since keep their defaults; the model's
   # fields are the run's own (the defaults hold only the model's name)

@@ -1,7 +1,10 @@
-"""Transfer learning: start from another run's parameters; freeze parameter subtrees.
+"""Transfer learning: start from another run's parameters or public weights; freeze parameter
+subtrees.
 
   config.init_from.path     a workdir (its latest checkpoint), a checkpoint step dir, or its
-                            state dir
+                            state dir; or a weights file: a torchvision ResNet (.pth), a timm
+                            ViT (.safetensors) or a big_vision ViT (.npz), converted by
+                            jaxvision/pretrained for the configured model
   config.init_from.include  regexes over parameter paths ('Conv_0/kernel', 'BatchNorm_1/scale',
                             ...); default ('.*',): everything
   config.init_from.exclude  regexes of paths to leave freshly initialised (e.g. ('Dense_1/.*',):
@@ -13,6 +16,8 @@
 A path is matched with re.fullmatch. An included leaf whose shape differs from the new
 model's (a head for another number of classes) keeps its fresh initialisation, and the run
 prints one line naming those leaves. An included path that the checkpoint lacks is an error.
+A weights file goes through the same merge after its conversion; run.json's init_from then
+records the file, its format and its sha256.
 """
 
 import os
@@ -22,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxvision import checkpoint
+from jaxvision import checkpoint, models, pretrained
 from jaxvision.errors import ConfigError
 from jaxvision.optim import compile_patterns, frozen_mask, matches, path_str
 
@@ -57,8 +62,8 @@ def _state_dir(path: str) -> str:
   if os.path.exists(os.path.join(path, '_METADATA')):
     return path
   raise ConfigError(
-    f'init_from.path={path!r} holds no checkpoint; give a workdir of a finished run '
-    f'or a checkpoint step directory'
+    f'init_from.path={path!r} holds no checkpoint; give a workdir of a finished run, '
+    f'a checkpoint step directory or a weights file ({", ".join(pretrained.EXTENSIONS)})'
   )
 
 
@@ -69,11 +74,56 @@ def check_source(config) -> None:
     config: the experiment config (init_from.*).
 
   Raises:
-    ConfigError: a bad include/exclude regex, or an init_from.path that holds no checkpoint.
+    ConfigError: a bad include/exclude regex, an init_from.path that holds no checkpoint, or a
+      file of an unknown extension.
   """
   compile_patterns(config.init_from.include, 'init_from.include')
   compile_patterns(config.init_from.exclude, 'init_from.exclude')
-  _state_dir(config.init_from.path)
+  if pretrained.is_weights_file(config.init_from.path):
+    pretrained.check_path(config.init_from.path)
+  else:
+    _state_dir(config.init_from.path)
+
+
+def _flat(tree) -> dict:
+  """{path_str name: leaf} of a PyTree ({} for None)."""
+  return {path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(tree or {})[0]}
+
+
+def _nested(flat: dict) -> dict:
+  """{'a/b': x} -> {'a': {'b': x}}."""
+  out = {}
+  for name, value in flat.items():
+    *parents, leaf = name.split('/')
+    node = out
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = value
+  return out
+
+
+def _read_source(config, params, batch_stats):
+  """({collection: {name: array}}, info, source params tree) of init_from.path: a workdir's
+  checkpoint, or a weights file converted for the model (its notes printed)."""
+  path = config.init_from.path
+  if not pretrained.is_weights_file(path):
+    state_dir = _state_dir(path)
+    source = ocp.StandardCheckpointer().restore(state_dir)
+    sources = {c: _flat(source.get(c)) for c in ('params', 'batch_stats')}
+    return sources, {'path': path, 'state_dir': state_dir}, source.get('params')
+  model = {**models.defaults(config.model.name), **config.model.to_dict()}
+  shapes = lambda tree: {k: tuple(v.shape) for k, v in _flat(tree).items()}
+  target = {'params': shapes(params), 'batch_stats': shapes(batch_stats)}
+  converted = pretrained.load(path, model, target)
+  for note in converted.notes:
+    print(f'init_from: {note}')
+  info = {
+    'path': path,
+    'file': os.path.abspath(os.path.expanduser(path)),
+    'format': converted.format,
+    'file_sha256': converted.sha256,
+  }
+  return converted.variables, info, _nested(converted.variables['params'])
 
 
 def load_pretrained(config, params, batch_stats):
@@ -87,21 +137,20 @@ def load_pretrained(config, params, batch_stats):
 
   Returns:
     (params, batch_stats, info): the merged trees (leaves of another shape keep their fresh
-    values) and what run.json records: path, state_dir, counts, re-initialised leaves and the
-    source params' sha256.
+    values) and what run.json records: path, counts, re-initialised leaves and the source
+    params' sha256; with state_dir for a checkpoint, or file, format and file_sha256 for a
+    weights file.
 
   Raises:
-    ConfigError: the checkpoint lacks an included leaf, or no leaf was loaded.
+    ConfigError: the checkpoint lacks an included leaf, or no leaf was loaded; a weights file that
+      cannot be read or does not fit the model (see jaxvision.pretrained.load).
   """
   include = compile_patterns(config.init_from.include, 'init_from.include')
   exclude = compile_patterns(config.init_from.exclude, 'init_from.exclude')
-  state_dir = _state_dir(config.init_from.path)
-  source = ocp.StandardCheckpointer().restore(state_dir)
+  sources, source_info, source_params = _read_source(config, params, batch_stats)
   loaded, reinit, missing = [], [], []
 
-  def merge(tree, src_tree, collection):
-    src = {path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(src_tree or {})[0]}
-
+  def merge(tree, src, collection):
     def pick(path, leaf):
       name = path_str(path)
       owner = name.rsplit('/', 1)[0] + '/scale' if collection == 'batch_stats' else name
@@ -118,8 +167,8 @@ def load_pretrained(config, params, batch_stats):
 
     return jax.tree_util.tree_map_with_path(pick, tree)
 
-  params = merge(params, source.get('params'), 'params')
-  batch_stats = merge(batch_stats, source.get('batch_stats'), 'batch_stats')
+  params = merge(params, sources['params'], 'params')
+  batch_stats = merge(batch_stats, sources.get('batch_stats', {}), 'batch_stats')
   if missing:
     raise ConfigError(
       f'init_from.path={config.init_from.path!r} lacks {", ".join(missing[:6])}; '
@@ -133,10 +182,9 @@ def load_pretrained(config, params, batch_stats):
   if reinit:
     print(f'init_from: re-initialised (shape differs): {", ".join(reinit)}')
   info = {
-    'path': config.init_from.path,
-    'state_dir': state_dir,
+    **source_info,
     'loaded': len(loaded),
     'reinitialised': reinit,
-    'source_params_sha256': checkpoint.params_sha256(source.get('params')),
+    'source_params_sha256': checkpoint.params_sha256(source_params),
   }
   return params, batch_stats, info

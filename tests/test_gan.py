@@ -321,9 +321,9 @@ def test_domain_features_separate_real_digits_from_noise(make_config):
 
 
 def test_fd_and_kid_run_inside_training_with_a_real_generator(make_config, tmp_path):
-  """The DCGAN smoke run with eval.fd_samples > 0: every eval reports FD and KID of the EMA
-  generator's samples next to their real floors; an untrained generator is far from the digits,
-  and training moves it."""
+  """The DCGAN smoke run with eval.fd_samples > 0: every eval reports FD, KID, precision and recall
+  of the EMA generator's samples next to their real references, and run.json names the feature
+  network; an untrained generator is far from the digits, and training moves it."""
   config = make_config('dcgan', eval__fd_samples=500)
   train.train_and_evaluate(config, str(tmp_path))
   with open(tmp_path / 'metrics.jsonl', encoding='utf-8') as f:
@@ -331,7 +331,12 @@ def test_fd_and_kid_run_inside_training_with_a_real_generator(make_config, tmp_p
   assert [e['step'] for e in evals] == [3, 6]
   for e in evals:
     assert e['eval/fd'] > 10 * e['eval/fd_floor'] > 0 and e['eval/kid'] > e['eval/kid_floor']
-  assert evals[0]['eval/fd_floor'] == evals[1]['eval/fd_floor']  # the real data's, fixed
+    assert e['eval/fd_half'] > 10 * e['eval/fd_halves'] > 0  # 500 samples against 500 test
+    assert e['eval/precision'] < 0.5 * e['eval/precision_real']  # untrained: not yet digits
+  for key in ('fd_floor', 'fd_halves', 'precision_real', 'recall_real'):
+    assert evals[0][f'eval/{key}'] == evals[1][f'eval/{key}']  # the real data's, fixed
+  info = json.loads((tmp_path / 'run.json').read_text())['feature_networks']['domain_features']
+  assert info['params_sha256'] == generative.DomainFeatures().info['params_sha256']
   assert evals[0]['eval/fd'] != evals[1]['eval/fd']  # the generator moved
 
 

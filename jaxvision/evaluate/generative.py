@@ -1,25 +1,40 @@
-"""Fréchet distance and KID between generated and real images, on domain features.
+"""Fréchet distance, KID, precision and recall of generated images, on domain features.
 
 The features are the hidden layer of a digit classifier that jaxvision trained
 itself on the mnist10k train split (`jaxvision/assets/mnist10k_domain_cnn.*`,
-made by `python run.py --config configs/cnn.py:domain` and `python -m
-jaxvision.export WORKDIR`; its command, test accuracy and params sha256 are in
-the .json next to the weights). Every eval of
-a generator reports
+made by `python run.py --config configs/cnn.py:domain --workdir WORKDIR` and
+`python -m jaxvision.export WORKDIR`; its command, commit, test accuracy and
+params sha256 are in the .json next to the weights, the sha256 is checked when
+they are loaded and run.json records it). Every eval of a generator reports
 
-  eval/fd        FD(features of eval.fd_samples generated images, features of the test split)
-  eval/kid       unbiased KID (cubic polynomial kernel) between the same two sets
-  eval/fd_floor  FD(real train images, real test images): what a perfect generator would score,
-  eval/kid_floor with the same sample sizes, so `fd / fd_floor` is the honest figure.
+  eval/fd          FD(features of eval.fd_samples generated images, features of the test split)
+  eval/kid         unbiased KID (cubic polynomial kernel) between the same two sets
+  eval/precision   improved precision and recall (k = 3; `precision_recall.py`) of the first
+  eval/recall      min(fd_samples, test size) samples against as many test images
+  eval/fd_half     FD(the first h samples, the odd half of the test split), h = min(fd_samples,
+                   half the test split): the generator at the size of the reference below
+
+and two real-data references, computed once:
+
+  eval/fd_halves   FD(even half of the test split, odd half), h images each: two samples of the
+                   true distribution that the feature network never saw, so `fd_half /
+                   fd_halves` compares a generator with the data itself at the same size
+  eval/fd_floor    FD(real train images, real test images) and their KID: what replaying the
+  eval/kid_floor   training set scores. The feature network was trained on those train images,
+                   so this is lower than what unseen real digits score (fd_halves)
+  eval/precision_real, eval/recall_real: the train images scored as if generated
 
 With `eval.inception_weights` = an .npz of Inception-v3 variables that the user
 supplies (nothing can be downloaded here; see `models/inception.py`), every eval
 also reports the usual FID on the 2048-d pool features, `eval/fid`, with its
-real-train vs real-test `eval/fid_floor`; for any image size and 1 or 3 channels.
+real-train vs real-test `eval/fid_floor`; for any image size and 1 or 3 channels. The real
+statistics are streamed (`fid.py`); with `eval.fid_stats` = a pytorch-fid .npz of mu/sigma
+(`python -m jaxvision.evaluate.fid`, or pytorch-fid's --save-stats) `eval/fid` and the floor
+are against those instead of the eval split. With pytorch-fid's weights, converted by
+`python -m jaxvision.pretrained.inception`, eval/fid is pytorch-fid's FID (tests/test_fid.py).
 It is 6 GFLOPs an image: a GPU's job for thousands of samples.
 """
 
-import functools
 import json
 import os
 
@@ -29,8 +44,12 @@ import numpy as np
 from flax import traverse_util
 from jax.experimental import multihost_utils
 
+from jaxvision import checkpoint
 from jaxvision.errors import ConfigError
-from jaxvision.models import cnn, inception
+from jaxvision.evaluate import fid as fid_lib
+from jaxvision.evaluate.fid import InceptionFeatures
+from jaxvision.evaluate.precision_recall import precision_recall
+from jaxvision.models import cnn
 
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'assets')
 DOMAIN_WEIGHTS = os.path.join(ASSETS, 'mnist10k_domain_cnn.npz')
@@ -116,24 +135,7 @@ def kernel_inception_distance(
   return float(total / subsets)
 
 
-class _BatchedFeatures:
-  """A jitted feature map `self._fn` applied in fixed-size batches of `self._batch` images."""
-
-  def __call__(self, images) -> np.ndarray:
-    """Images [n, ...] in [0, 1] -> features f32[n, d], the last batch zero-padded."""
-    images = np.asarray(images, np.float32)
-    out = []
-    for start in range(0, len(images), self._batch):
-      chunk = images[start : start + self._batch]
-      pad = self._batch - len(chunk)  # one compiled shape
-      chunk = (
-        np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), np.float32)]) if pad else chunk
-      )
-      out.append(np.asarray(self._fn(chunk))[: self._batch - pad])
-    return np.concatenate(out)
-
-
-class DomainFeatures(_BatchedFeatures):
+class DomainFeatures(fid_lib.BatchedFeatures):
   """The committed digit classifier as a feature map: images in [0, 1], f32[n, 28, 28, 1] -> [n,
   d]."""
 
@@ -149,53 +151,18 @@ class DomainFeatures(_BatchedFeatures):
     with open(os.path.splitext(path)[0] + '.json', encoding='utf-8') as f:
       self.info = json.load(f)
     variables = _unflatten(flat)
+    sha = checkpoint.params_sha256(variables['params'])
+    if sha != self.info['params_sha256']:
+      raise ConfigError(
+        f'{path} holds params of sha256 {sha[:12]}..., its .json says '
+        f'{self.info["params_sha256"][:12]}...: the feature network was changed; reinstall '
+        f'jaxvision or rebuild it with {self.info["made_by"]!r}'
+      )
     model = cnn.CNN(
       **{k: tuple(v) if isinstance(v, list) else v for k, v in self.info['model'].items()}
     )
-    self._batch = batch
+    self._batch, self.dims = batch, int(model.hidden)  # the features: the hidden layer
     self._fn = jax.jit(lambda x: model.apply(variables, x, train=False, features=True))
-
-
-class InceptionFeatures(_BatchedFeatures):
-  """Inception-v3 pool features of images in [0, 1] (any size, 1 or 3 channels) -> f32[n, 2048],
-  from a user-supplied .npz of its variables ('params/Mixed_5b/branch1x1/conv/kernel', ...,
-  'batch_stats/.../bn/mean'), checked against the model before any compute."""
-
-  def __init__(self, path: str, batch: int = 50, resize: int = 299):
-    """Loads and checks the weights.
-
-    Args:
-      path: the user's .npz of Inception-v3 variables, named as in models/inception.py.
-      batch: images per jitted call.
-      resize: the side images are resized to.
-
-    Raises:
-      ConfigError: `path` is not a file, or lacks a variable of the model or has one of another
-        shape.
-    """
-    if not os.path.isfile(path):
-      raise ConfigError(
-        f'eval.inception_weights={path!r} is not a file; give an .npz of Inception-v3 '
-        f'variables or leave eval.inception_weights empty'
-      )
-    self.model = inception.InceptionV3(resize=resize)
-    want = flatten_variables(
-      jax.eval_shape(self.model.init, jax.random.PRNGKey(0), jnp.zeros((1, 75, 75, 3)))
-    )
-    with np.load(path) as f:
-      flat = {k: np.asarray(v) for k, v in f.items()}
-    for key, spec in want.items():
-      if key not in flat or flat[key].shape != spec.shape:
-        got = 'missing' if key not in flat else f'of shape {flat[key].shape}'
-        raise ConfigError(
-          f'eval.inception_weights={path}: {key} is {got}, Inception-v3 needs '
-          f'{spec.shape}; convert the weights with the names of models/inception.py'
-        )
-    variables = _unflatten({k: flat[k].astype(np.float32) for k in want})
-    self._batch = batch
-    prepare = jax.jit(functools.partial(inception.preprocess, size=resize))  # per input shape
-    network = jax.jit(lambda x: self.model.apply(variables, x, method='pool_features'))  # once
-    self._fn = lambda x: network(prepare(x))
 
 
 def flatten_variables(variables) -> dict:
@@ -218,6 +185,17 @@ def flatten_variables(variables) -> dict:
 def _unflatten(flat: dict) -> dict:
   """The inverse of `flatten_variables`, as jax arrays."""
   return jax.tree.map(jnp.asarray, traverse_util.unflatten_dict(flat, sep='/'))
+
+
+def _precision_recall(real: np.ndarray, fake: np.ndarray, suffix: str = '') -> dict:
+  """{'eval/precision[_suffix]', 'eval/recall[_suffix]'} of the first m of each set, m the
+  smaller size (equal sizes: a larger set has smaller k-NN balls); {} below 5 images."""
+  m = min(len(real), len(fake))
+  if m < 5:
+    return {}
+  precision, recall = precision_recall(real[:m], fake[:m])
+  tail = f'_{suffix}' if suffix else ''
+  return {f'eval/precision{tail}': precision, f'eval/recall{tail}': recall}
 
 
 class ChunkedSampler:
@@ -297,9 +275,8 @@ class GenerativeMetrics:
       ConfigError: the images are not 28x28x1 digits and no eval.inception_weights are given,
         the domain feature network is missing, or the Inception weights cannot be used.
     """
-    self.inception = (
-      InceptionFeatures(config.eval.inception_weights) if config.eval.inception_weights else None
-    )
+    self.inception_path = config.eval.inception_weights
+    self.inception = InceptionFeatures(self.inception_path) if self.inception_path else None
     digits = tuple(train_split.image_shape) == (28, 28, 1)
     if not digits and self.inception is None:
       raise ConfigError(
@@ -319,18 +296,43 @@ class GenerativeMetrics:
     real_eval, real_train = read_all(eval_split), read_all(train_split)
     self.real, self.floor = {}, {}
     if self.features is not None:
-      self.real['domain'] = self.features(real_eval)
+      real = self.real['domain'] = self.features(real_eval)
       train_features = self.features(real_train)
       self.floor = {
-        'eval/fd_floor': frechet_distance(train_features, self.real['domain']),
-        'eval/kid_floor': kernel_inception_distance(train_features, self.real['domain']),
+        'eval/fd_floor': frechet_distance(train_features, real),
+        'eval/kid_floor': kernel_inception_distance(train_features, real),
       }
-    if self.inception is not None:
-      self.real['inception'] = self.inception(real_eval)
-      self.floor['eval/fid_floor'] = frechet_distance(
-        self.inception(real_train), self.real['inception']
+      self.half = min(self.n, len(real) // 2)  # the size of the test-halves comparison
+      if self.half >= 2:
+        self.floor['eval/fd_halves'] = frechet_distance(
+          real[0::2][: self.half], real[1::2][: self.half]
+        )
+      self.floor.update(_precision_recall(real, train_features, 'real'))
+    self.fid_stats = config.eval.fid_stats
+    if self.inception is not None:  # mu/sigma, streamed over the splits; or pytorch-fid's file
+      self.real['inception'] = (
+        fid_lib.load_stats(self.fid_stats, dims=2048)
+        if self.fid_stats
+        else fid_lib.split_statistics(self.inception, eval_split)
+      )
+      self.floor['eval/fid_floor'] = gaussian_frechet_distance(
+        *fid_lib.split_statistics(self.inception, train_split), *self.real['inception']
       )
     self._sample = ChunkedSampler(sample, sharding, shards, compiler_options=compiler_options)
+
+  def provenance(self) -> dict:
+    """What run.json records of the feature networks: the domain network's params sha256 (checked
+    when loaded), the command and commit that made it; the Inception weights' and reference
+    statistics' paths."""
+    out = {}
+    if self.features is not None:
+      info = getattr(self.features, 'info', {})
+      keys = ('params_sha256', 'made_by', 'git_commit', 'step', 'test_metrics')
+      out['domain_features'] = {k: info.get(k) for k in keys}
+    if self.inception is not None:
+      out['inception_weights'] = self.inception_path
+      out['fid_stats'] = self.fid_stats or None  # None: the eval split's, streamed
+    return out
 
   def __call__(self, state, interrupted=lambda: False) -> dict | None:
     """The metrics of `state`'s generator; None if `interrupted()` turned true (asked between
@@ -341,8 +343,8 @@ class GenerativeMetrics:
       interrupted: () -> bool, asked before each chunk of samples.
 
     Returns:
-      {'eval/fd', 'eval/kid' (digits), 'eval/fid' (with Inception weights) and the floors}, or
-      None when interrupted.
+      {'eval/fd', 'eval/kid', 'eval/fd_half', 'eval/precision', 'eval/recall' (digits),
+      'eval/fid' (with Inception weights) and the real references}, or None when interrupted.
     """
     key = jax.random.fold_in(jax.random.PRNGKey(self.seed), 0xFD)
     images = self._sample(state, key, self.n, interrupted=interrupted)
@@ -350,9 +352,13 @@ class GenerativeMetrics:
       return None
     out = dict(self.floor)
     if self.features is not None:
-      fake = self.features(images)
-      out['eval/fd'] = frechet_distance(fake, self.real['domain'])
-      out['eval/kid'] = kernel_inception_distance(fake, self.real['domain'])
+      real, fake = self.real['domain'], self.features(images)
+      out['eval/fd'] = frechet_distance(fake, real)
+      out['eval/kid'] = kernel_inception_distance(fake, real)
+      if self.half >= 2:
+        out['eval/fd_half'] = frechet_distance(fake[: self.half], real[1::2][: self.half])
+      out.update(_precision_recall(real, fake))
     if self.inception is not None:
-      out['eval/fid'] = frechet_distance(self.inception(images), self.real['inception'])
+      fake = fid_lib.statistics(self.inception(images))
+      out['eval/fid'] = gaussian_frechet_distance(*fake, *self.real['inception'])
     return out

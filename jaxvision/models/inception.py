@@ -5,8 +5,11 @@ features, with their names, as a plain Flax module. No weights ship with
 jaxvision and none can be downloaded here: FID needs a weights file that the
 user supplies (`evaluate/generative.py:InceptionFeatures`), e.g. pytorch-fid's
 `pt_inception-2015-12-05` converted to an .npz of Flax variables. Input: images
-in [0, 1], any size and 1 or 3 channels; they are resized to 299x299 (bilinear),
-repeated to 3 channels and scaled to [-1, 1] as the FID network expects.
+in [0, 1], any size and 1 or 3 channels; they are resized to 299x299 (bilinear,
+without antialiasing, as torch's F.interpolate), repeated to 3 channels and scaled
+to [-1, 1] as the FID network expects. With pytorch-fid's weights
+(`python -m jaxvision.pretrained.inception`) the pool features equal pytorch-fid's
+(tests/test_fid.py).
 """
 
 import chex
@@ -192,6 +195,10 @@ class InceptionE(nn.Module):
 def preprocess(x, size: int = 299):
   """Images as the network takes them: resized (bilinear), 3 channels, in [-1, 1].
 
+  As pytorch-fid's InceptionV3: F.interpolate(x, (size, size), 'bilinear',
+  align_corners=False) (no antialiasing, also when downscaling), then 2x - 1; a
+  grayscale image is repeated to RGB as pytorch-fid's PIL `convert('RGB')` does.
+
   Args:
     x: images f32[B, H, W, 1|3] in [0, 1].
     size: the side the images are resized to.
@@ -205,7 +212,9 @@ def preprocess(x, size: int = 299):
   chex.assert_rank(x, 4)
   if x.shape[-1] not in (1, 3):
     raise ValueError(f'Inception features take 1- or 3-channel images, not {x.shape[-1]} channels')
-  x = jax.image.resize(x, (x.shape[0], size, size, x.shape[-1]), 'bilinear')
+  # torch's F.interpolate(bilinear, align_corners=False), as pytorch-fid resizes: half-pixel
+  # centres and no antialiasing (jax's default antialias=True would blur a downscale)
+  x = jax.image.resize(x, (x.shape[0], size, size, x.shape[-1]), 'bilinear', antialias=False)
   return jnp.broadcast_to(x, (*x.shape[:3], 3)) * 2.0 - 1.0
 
 

@@ -27,6 +27,14 @@ from jaxvision.models import layers
 
 BLOCKS = ('basic', 'bottleneck')
 STEMS = ('cifar', 'imagenet')
+PADDINGS = ('same', 'torch')
+
+
+def _torch_conv(conv, features, kernel_size, **kwargs):
+  """`conv` with PyTorch's padding: kernel_size // 2 on every side (torchvision's convs), where
+  'SAME' pads a strided 3x3 conv (0, 1) on even sizes; an explicit `padding` is kept."""
+  kwargs.setdefault('padding', tuple((k // 2, k // 2) for k in kernel_size))
+  return conv(features, kernel_size, **kwargs)
 
 
 def _shortcut(block: nn.Module, x, y):
@@ -97,7 +105,12 @@ class ResNet(nn.Module):
     width: the channels of the stem and of the first stage.
     stem: 'cifar' (one 3x3 conv) or 'imagenet' (7x7/2 conv and 3x3/2 max-pool).
     conv_impl: the `layers.Conv` implementation, 'xla' or 'im2col'.
+    padding: 'same' (XLA's SAME: a stride-2 3x3 conv pads (0, 1) on even sizes) or 'torch'
+      (kernel_size // 2 on every side, as torchvision; for its weights, see jaxvision/pretrained).
     bn_momentum: momentum of BatchNorm's running averages.
+    frozen_batchnorm: every BatchNorm normalises with its running averages, in training too, and
+      never updates them (torchvision's FrozenBatchNorm2d): a frozen pretrained backbone computes
+      the same features in training and at eval.
     batch_split: the pmap path's batch layout (train steps); None under jit.
   """
 
@@ -107,7 +120,9 @@ class ResNet(nn.Module):
   width: int = 16
   stem: str = 'cifar'
   conv_impl: str = 'xla'
+  padding: str = 'same'
   bn_momentum: float = 0.9
+  frozen_batchnorm: bool = False
   batch_split: parallel.BatchSplit | None = None  # the pmap path's batch layout (train steps)
 
   @nn.compact
@@ -122,7 +137,8 @@ class ResNet(nn.Module):
       Logits f32[B, num_classes].
 
     Raises:
-      ValueError: `block` is not one of `BLOCKS` or `stem` not one of `STEMS`.
+      ValueError: `block` is not one of `BLOCKS`, `stem` not one of `STEMS` or `padding` not one
+        of `PADDINGS`.
     """
     chex.assert_rank(x, 4)
     if self.block not in BLOCKS or self.stem not in STEMS:
@@ -130,6 +146,8 @@ class ResNet(nn.Module):
         f'model.block={self.block!r}, model.stem={self.stem!r}; '
         f'use block in {BLOCKS} and stem in {STEMS}'
       )
+    if self.padding not in PADDINGS:
+      raise ValueError(f'model.padding={self.padding!r}; use one of {PADDINGS}')
     conv = functools.partial(
       layers.Conv,
       use_bias=False,
@@ -137,10 +155,12 @@ class ResNet(nn.Module):
       impl=self.conv_impl,
       kernel_init=nn.initializers.variance_scaling(2.0, 'fan_out', 'normal'),
     )
+    if self.padding == 'torch':
+      conv = functools.partial(_torch_conv, conv)
     norm = functools.partial(
       layers.batch_norm,
       self.batch_split,
-      use_running_average=not train,
+      use_running_average=not train or self.frozen_batchnorm,
       momentum=self.bn_momentum,
       epsilon=1e-5,
     )

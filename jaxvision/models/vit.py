@@ -16,6 +16,7 @@ from jaxvision import parallel
 from jaxvision.models import layers
 
 POOLS = ('cls', 'mean')
+GELUS = ('tanh', 'erf')
 
 
 def patchify(x, patch: int):
@@ -62,12 +63,14 @@ class PositionEmbedding(nn.Module):
 class EncoderBlock(nn.Module):
   """A pre-norm Transformer block: LayerNorm -> multi-head self-attention -> residual, then
   LayerNorm -> MLP (`mlp_dim`, GELU) -> residual; dropout on both branches' outputs and in the
-  MLP, none on the attention weights."""
+  MLP, none on the attention weights. `gelu` is 'tanh' (flax's approximation, big_vision's) or
+  'erf' (the exact GELU of PyTorch and timm)."""
 
   heads: int
   mlp_dim: int
   dropout: float = 0.0
   batch_split: parallel.BatchSplit | None = None
+  gelu: str = 'tanh'
 
   @nn.compact
   def __call__(self, x, *, train: bool):
@@ -88,7 +91,7 @@ class EncoderBlock(nn.Module):
     x = x + drop()(y)
     y = nn.LayerNorm()(x)
     y = nn.Dense(self.mlp_dim)(y)
-    y = drop()(nn.gelu(y))
+    y = drop()(nn.gelu(y) if self.gelu == 'tanh' else nn.gelu(y, approximate=False))
     y = nn.Dense(x.shape[-1])(y)
     return x + drop()(y)
 
@@ -105,6 +108,8 @@ class ViT(nn.Module):
     mlp_dim: the hidden width of each block's MLP.
     dropout: rate after the attention, in the MLP and after it.
     pool: 'cls' (a learned class token, read by the head) or 'mean' (mean over the tokens).
+    gelu: the MLP's GELU: 'tanh' (flax's approximation, as big_vision) or 'erf' (exact, as
+      PyTorch and timm; for their weights, see jaxvision/pretrained).
     batch_split: the pmap path's batch layout (train steps); None under jit.
   """
 
@@ -116,6 +121,7 @@ class ViT(nn.Module):
   mlp_dim: int = 256
   dropout: float = 0.0
   pool: str = 'cls'
+  gelu: str = 'tanh'
   batch_split: parallel.BatchSplit | None = None  # the pmap path's batch layout (train steps)
 
   @nn.compact
@@ -130,10 +136,13 @@ class ViT(nn.Module):
       Logits f32[B, num_classes].
 
     Raises:
-      ValueError: `pool` is not one of `POOLS`, or `patch` does not divide H and W.
+      ValueError: `pool` is not one of `POOLS`, `gelu` not one of `GELUS`, or `patch` does not
+        divide H and W.
     """
     if self.pool not in POOLS:
       raise ValueError(f'model.pool={self.pool!r}; use one of {POOLS}')
+    if self.gelu not in GELUS:
+      raise ValueError(f'model.gelu={self.gelu!r}; use one of {GELUS}')
     tokens = nn.Dense(self.dim, name='patch_embedding')(patchify(x, self.patch))
     if self.pool == 'cls':
       cls = self.param('cls_token', nn.initializers.zeros_init(), (1, 1, self.dim))
@@ -141,7 +150,7 @@ class ViT(nn.Module):
     tokens = PositionEmbedding()(tokens)
     for i in range(self.depth):
       tokens = EncoderBlock(
-        self.heads, self.mlp_dim, self.dropout, self.batch_split, name=f'block{i + 1}'
+        self.heads, self.mlp_dim, self.dropout, self.batch_split, self.gelu, name=f'block{i + 1}'
       )(tokens, train=train)
     tokens = nn.LayerNorm(name='norm')(tokens)
     pooled = tokens[:, 0] if self.pool == 'cls' else jnp.mean(tokens, axis=1)

@@ -84,6 +84,7 @@ def generative_config() -> ml_collections.ConfigDict:
     {
       'fd_samples': 0,  # samples for eval/fd and eval/kid at every eval; 0 = off
       'inception_weights': '',  # with fd_samples: an .npz of Inception-v3 variables -> eval/fid
+      'fid_stats': '',  # with inception_weights: pytorch-fid's .npz of the real mu/sigma for it
     }
   )
   c.sample = ml_collections.ConfigDict({'n': 64})  # --mode sample: how many images to write
