@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from flax import traverse_util
 
 from jaxvision import checkpoint, models, pretrained
 from jaxvision.errors import ConfigError
@@ -90,18 +91,6 @@ def _flat(tree) -> dict:
   return {path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(tree or {})[0]}
 
 
-def _nested(flat: dict) -> dict:
-  """{'a/b': x} -> {'a': {'b': x}}."""
-  out = {}
-  for name, value in flat.items():
-    *parents, leaf = name.split('/')
-    node = out
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = value
-  return out
-
-
 def _read_source(config, params, batch_stats):
   """({collection: {name: array}}, info, source params tree) of init_from.path: a workdir's
   checkpoint, or a weights file converted for the model (its notes printed)."""
@@ -123,7 +112,11 @@ def _read_source(config, params, batch_stats):
     'format': converted.format,
     'file_sha256': converted.sha256,
   }
-  return converted.variables, info, _nested(converted.variables['params'])
+  return (
+    converted.variables,
+    info,
+    traverse_util.unflatten_dict(converted.variables['params'], sep='/'),
+  )
 
 
 def load_pretrained(config, params, batch_stats):

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import traverse_util
 
 from conftest import init_variables, run_py
 from jaxvision import checkpoint, experiment, pretrained
@@ -79,14 +80,10 @@ def _target(model, image_shape):
 
 
 def _nested(flat: dict) -> dict:
-  out = {}
-  for name, value in flat.items():
-    *parents, leaf = name.split('/')
-    node = out
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = jnp.asarray(value, jnp.float32)
-  return out
+  """{'a/b': x} -> {'a': {'b': x}} of f32 jax arrays."""
+  return traverse_util.unflatten_dict(
+    {k: jnp.asarray(v, jnp.float32) for k, v in flat.items()}, sep='/'
+  )
 
 
 def _fields(model) -> dict:
