@@ -55,6 +55,11 @@ def _state_dir(path: str) -> str:
   """The `state` item of the checkpoint that `path` names: a workdir (its latest step), a
   checkpoint step directory, or that step's `state` directory; ConfigError if it holds none."""
   path = os.path.abspath(os.path.expanduser(path))
+  if not os.path.exists(path):
+    raise ConfigError(
+      f'init_from.path={path!r} does not exist; give a workdir of a finished run, a checkpoint '
+      f'step directory or a weights file ({", ".join(pretrained.EXTENSIONS)})'
+    )
   steps = checkpoint.steps_in(os.path.join(path, 'checkpoints'))
   if steps:  # a workdir: its latest complete step, as Orbax lists them
     return os.path.join(path, 'checkpoints', str(steps[-1]), 'state')

@@ -158,7 +158,7 @@ CASES = [
     ['--config', 'configs/cnn.py:smoke', '--config.init_from.path=runs/nowhere'],
     NEW,
     2,
-    'holds no checkpoint; give a workdir of a finished run',
+    'does not exist; give a workdir of a finished run',
   ),
   (
     ['--config', 'configs/cas.py:smoke', '--config.data.synthetic.path=missing.npz'],

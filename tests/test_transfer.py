@@ -113,7 +113,8 @@ def test_subsets_are_the_first_n_of_each_kept_class(make_config):
   [
     (dict(freeze=('Conv_(',)), 'freeze has a bad regex'),
     (dict(freeze=('Nope_.*',)), 'matches no parameter'),
-    (dict(init_from__path='/nonexistent/run'), 'holds no checkpoint'),
+    (dict(init_from__path='/nonexistent/run'), 'does not exist'),
+    (dict(init_from__path='/'), 'holds no checkpoint'),
   ],
 )
 def test_bad_transfer_settings_fail_in_one_line(make_config, tmp_path, overrides, match):
