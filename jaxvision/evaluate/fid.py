@@ -130,6 +130,12 @@ def load_stats(path: str, dims: int | None = None) -> tuple[np.ndarray, np.ndarr
   return mu, sigma
 
 
+def unflatten_variables(flat: dict) -> dict:
+  """{'params/Conv_0/kernel': x} -> {'params': {'Conv_0': {'kernel': x}}} as jax arrays: the
+  variables of a feature network's .npz (the inverse of `generative.flatten_variables`)."""
+  return jax.tree.map(jnp.asarray, traverse_util.unflatten_dict(flat, sep='/'))
+
+
 class BatchedFeatures:
   """A jitted feature map `self._fn` applied in fixed-size batches of `self._batch` images, the
   last batch zero-padded (one compiled shape); `self.dims` features per image."""
@@ -186,9 +192,7 @@ class InceptionFeatures(BatchedFeatures):
           f'eval.inception_weights={path}: {key} is {got}, Inception-v3 needs '
           f'{spec.shape}; convert the weights with the names of models/inception.py'
         )
-    variables = jax.tree.map(
-      jnp.asarray, traverse_util.unflatten_dict({k: flat[k].astype(np.float32) for k in want}, '/')
-    )
+    variables = unflatten_variables({k: flat[k].astype(np.float32) for k in want})
     self._batch, self.dims = batch, 2048
     prepare = jax.jit(functools.partial(inception.preprocess, size=resize))  # per input shape
     network = jax.jit(lambda x: self.model.apply(variables, x, method='pool_features'))  # once

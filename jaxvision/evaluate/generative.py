@@ -39,7 +39,6 @@ import json
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 from jax.experimental import multihost_utils
@@ -150,7 +149,7 @@ class DomainFeatures(fid_lib.BatchedFeatures):
       flat = {k: np.asarray(v) for k, v in f.items()}
     with open(os.path.splitext(path)[0] + '.json', encoding='utf-8') as f:
       self.info = json.load(f)
-    variables = _unflatten(flat)
+    variables = fid_lib.unflatten_variables(flat)
     sha = checkpoint.params_sha256(variables['params'])
     if sha != self.info['params_sha256']:
       raise ConfigError(
@@ -180,11 +179,6 @@ def flatten_variables(variables) -> dict:
     k: v if isinstance(v, jax.ShapeDtypeStruct) else np.asarray(jax.device_get(v))
     for k, v in flat.items()
   }
-
-
-def _unflatten(flat: dict) -> dict:
-  """The inverse of `flatten_variables`, as jax arrays."""
-  return jax.tree.map(jnp.asarray, traverse_util.unflatten_dict(flat, sep='/'))
 
 
 def _precision_recall(real: np.ndarray, fake: np.ndarray, suffix: str = '') -> dict:
