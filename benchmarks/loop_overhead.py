@@ -3,6 +3,7 @@
     python benchmarks/loop_overhead.py               # configs/cnn.py, 500 steps (~3 min on 2 cores)
     python benchmarks/loop_overhead.py --steps 250   # shorter
     python benchmarks/loop_overhead.py --config configs/resnet.py --steps 250
+    python benchmarks/loop_overhead.py --ckpt-every 100 --checkpoints both  # async against sync
 
 Runs `jaxvision.train.train_and_evaluate` (what `python run.py --config ...` runs: setup, data
 pipeline, jitted steps, logging to metrics.jsonl + TensorBoard, evals, Orbax checkpoints, tqdm
@@ -22,6 +23,11 @@ between the run and the steps timed alone), the CPU-time ratio much less so. `to
 overhead` (wall) also counts setup and compilation. The run's time inside evals,
 checkpoint saves, metric writes and batch feeding (measured by wrapping those functions) is
 printed as a breakdown. Target: loop overhead < 5 %.
+
+`--checkpoints both` runs the loop twice between the two step timings, first with Orbax's
+asynchronous saves (`train.async_checkpoints=True`, the default: a save returns once the
+arrays are off the devices and the write overlaps the next steps), then with blocking ones,
+and reports each run's overhead against the same step time.
 """
 
 import argparse
@@ -88,37 +94,13 @@ def step_alone(config, steps: int, chunks: int = 4) -> dict:
     shutil.rmtree(workdir, ignore_errors=True)
 
 
-def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  ap.add_argument('--config', default=os.path.join(ROOT, 'configs', 'cnn.py'))
-  ap.add_argument('--steps', type=int, default=500, help='train.steps of the run')
-  ap.add_argument('--alone-steps', type=int, default=60, help='steps timed alone, before and after')
-  ap.add_argument(
-    '--progress', type=int, default=1, help='tqdm progress bar on (1, as run.py) or off (0)'
-  )
-  ap.add_argument('--out', default='', help='also write the result as JSON here')
-  args = ap.parse_args(argv)
-
-  sys.path.insert(0, ROOT)
+def run_loop(config, label: str) -> dict:
+  """One `train.train_and_evaluate` run of `config` in a temporary workdir, its phases timed
+  through wrappers (the loop itself is the product's)."""
   import jax
 
   from jaxvision import checkpoint, experiment, train, writers
-  from jaxvision import config as config_lib
 
-  config = config_lib.from_file(args.config)
-  config.train.steps = args.steps
-  config.train.progress = bool(args.progress)
-  cfg = config.train
-  print(
-    f'{args.config}: {cfg.steps} steps of {config.data.batch_size}, log every {cfg.log_every}, '
-    f'eval every {cfg.eval_every}, checkpoint every {cfg.ckpt_every}; jax {jax.__version__} on '
-    f'{jax.device_count()} {jax.devices()[0].platform} device(s)',
-    flush=True,
-  )
-
-  before = step_alone(config, args.alone_steps)
-
-  # The run, with its phases timed through wrappers (the loop itself is the product's).
   timer = Timer()
   marks = {}
   real_setup = experiment.setup
@@ -152,7 +134,7 @@ def main(argv=None):
   saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
   for obj, name, fn in patches:
     setattr(obj, name, fn)
-  workdir = tempfile.mkdtemp(prefix='loop_run_')
+  workdir = tempfile.mkdtemp(prefix=f'loop_run_{label}_')
   try:
     t0 = time.perf_counter()
     final = train.train_and_evaluate(config, workdir)
@@ -164,20 +146,74 @@ def main(argv=None):
     for obj, name, fn in saved:
       setattr(obj, name, fn)
     shutil.rmtree(workdir, ignore_errors=True)
+  ips_logged = [m['perf/images_per_sec'] for m in logged if 'perf/images_per_sec' in m]
+  return {
+    'async_checkpoints': bool(config.train.async_checkpoints),
+    'wall_s': wall,
+    'setup_s': marks['setup_end'] - marks['setup_start'],
+    'first_step_s': marks['first_step_end'] - marks['setup_end'],
+    'loop_s': wall - (marks['first_step_end'] - t0),
+    'loop_cpu_s': loop_cpu,
+    'phases_s': dict(timer.total),
+    'phase_calls': dict(timer.calls),
+    'logged_images_per_sec_median': statistics.median(ips_logged) if ips_logged else None,
+    'final_metrics': final,
+  }
 
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  ap.add_argument('--config', default=os.path.join(ROOT, 'configs', 'cnn.py'))
+  ap.add_argument('--steps', type=int, default=500, help='train.steps of the run')
+  ap.add_argument('--alone-steps', type=int, default=60, help='steps timed alone, before and after')
+  ap.add_argument(
+    '--progress', type=int, default=1, help='tqdm progress bar on (1, as run.py) or off (0)'
+  )
+  ap.add_argument(
+    '--ckpt-every', type=int, default=0, help="train.ckpt_every of the run (0: the config's)"
+  )
+  ap.add_argument(
+    '--checkpoints',
+    choices=('async', 'sync', 'both'),
+    default='async',
+    help='train.async_checkpoints of the run; both: one run each, async first',
+  )
+  ap.add_argument('--out', default='', help='also write the result as JSON here')
+  args = ap.parse_args(argv)
+
+  sys.path.insert(0, ROOT)
+  import jax
+
+  from jaxvision import config as config_lib
+
+  config = config_lib.from_file(args.config)
+  config.train.steps = args.steps
+  config.train.progress = bool(args.progress)
+  if args.ckpt_every:
+    config.train.ckpt_every = args.ckpt_every
+  cfg = config.train
+  print(
+    f'{args.config}: {cfg.steps} steps of {config.data.batch_size}, log every {cfg.log_every}, '
+    f'eval every {cfg.eval_every}, checkpoint every {cfg.ckpt_every}; jax {jax.__version__} on '
+    f'{jax.device_count()} {jax.devices()[0].platform} device(s)',
+    flush=True,
+  )
+
+  before = step_alone(config, args.alone_steps)
+  runs = []
+  for mode in ('async', 'sync') if args.checkpoints == 'both' else (args.checkpoints,):
+    config.train.async_checkpoints = mode == 'async'
+    runs.append(run_loop(config, mode))
   after = step_alone(config, args.alone_steps)
 
   step_s = (before['wall'] + after['wall']) / 2
   step_cpu = (before['cpu'] + after['cpu']) / 2
-  setup_s = marks['setup_end'] - marks['setup_start']
-  first_s = marks['first_step_end'] - marks['setup_end']
-  loop_s = wall - (marks['first_step_end'] - t0)
   steps_sum = (cfg.steps - 1) * step_s
   steps_cpu = (cfg.steps - 1) * step_cpu
-  loop_overhead = (loop_s - steps_sum) / steps_sum
-  cpu_overhead = (loop_cpu - steps_cpu) / steps_cpu
-  total_overhead = (wall - cfg.steps * step_s) / (cfg.steps * step_s)
-  ips_logged = [m['perf/images_per_sec'] for m in logged if 'perf/images_per_sec' in m]
+  for run in runs:
+    run['loop_overhead_pct'] = 100 * (run['loop_s'] - steps_sum) / steps_sum
+    run['loop_cpu_overhead_pct'] = 100 * (run['loop_cpu_s'] - steps_cpu) / steps_cpu
+    run['total_overhead_pct'] = 100 * (run['wall_s'] - cfg.steps * step_s) / (cfg.steps * step_s)
   result = {
     'config': os.path.relpath(args.config, ROOT),
     'steps': cfg.steps,
@@ -186,49 +222,42 @@ def main(argv=None):
     'eval_every': cfg.eval_every,
     'ckpt_every': cfg.ckpt_every,
     'progress_bar': bool(args.progress),
-    'wall_s': wall,
-    'setup_s': setup_s,
-    'first_step_s': first_s,
-    'loop_s': loop_s,
-    'loop_cpu_s': loop_cpu,
     'step_alone_ms_before': 1e3 * before['wall'],
     'step_alone_ms_after': 1e3 * after['wall'],
     'step_alone_ms': 1e3 * step_s,
     'step_alone_cpu_ms': 1e3 * step_cpu,
     'steps_sum_s': steps_sum,
     'steps_cpu_sum_s': steps_cpu,
-    'loop_overhead_pct': 100 * loop_overhead,
-    'loop_cpu_overhead_pct': 100 * cpu_overhead,
-    'total_overhead_pct': 100 * total_overhead,
-    'phases_s': dict(timer.total),
-    'phase_calls': dict(timer.calls),
-    'logged_images_per_sec_median': statistics.median(ips_logged) if ips_logged else None,
     'alone_images_per_sec': config.data.batch_size / step_s,
-    'final_metrics': final,
+    **runs[0],
+    'runs': runs,
   }
   print(
-    f'\nwall {wall:.1f} s = setup {setup_s:.1f} s + first step (compile) {first_s:.1f} s '
-    f'+ loop {loop_s:.1f} s'
+    f'step alone: {1e3 * before["wall"]:.1f} ms before the runs, {1e3 * after["wall"]:.1f} ms '
+    f'after -> {cfg.steps - 1} steps = {steps_sum:.1f} s; CPU time {1e3 * step_cpu:.1f} ms/step '
+    f'-> {steps_cpu:.1f} s'
   )
-  print(
-    f'step alone: {1e3 * before["wall"]:.1f} ms before the run, {1e3 * after["wall"]:.1f} ms after '
-    f'-> {cfg.steps - 1} steps = {steps_sum:.1f} s; '
-    f'CPU time {1e3 * step_cpu:.1f} ms/step -> {steps_cpu:.1f} s '
-    f'(loop: {loop_cpu:.1f} s)'
-  )
-  print(
-    'inside the loop: '
-    + ', '.join(f'{k} {v:.2f} s ({timer.calls[k]}x)' for k, v in timer.total.items())
-  )
-  if ips_logged:
+  for run in runs:
+    mode = 'async' if run['async_checkpoints'] else 'sync'
     print(
-      f'images/s logged by the loop (median of {len(ips_logged)} logs, evals excluded): '
-      f'{result["logged_images_per_sec_median"]:.0f}; alone: {result["alone_images_per_sec"]:.0f}'
+      f'\n[{mode} checkpoints] wall {run["wall_s"]:.1f} s = setup {run["setup_s"]:.1f} s + first '
+      f'step (compile) {run["first_step_s"]:.1f} s + loop {run["loop_s"]:.1f} s '
+      f'(CPU {run["loop_cpu_s"]:.1f} s)'
     )
-  print(
-    f'loop overhead: wall {100 * loop_overhead:+.1f} %, CPU time {100 * cpu_overhead:+.1f} % '
-    f'(target < 5 %); wall with setup and compilation {100 * total_overhead:+.1f} %'
-  )
+    print(
+      'inside the loop: '
+      + ', '.join(f'{k} {v:.2f} s ({run["phase_calls"][k]}x)' for k, v in run['phases_s'].items())
+    )
+    if run['logged_images_per_sec_median']:
+      print(
+        f'images/s logged by the loop (median, evals excluded): '
+        f'{run["logged_images_per_sec_median"]:.0f}; alone: {result["alone_images_per_sec"]:.0f}'
+      )
+    print(
+      f'loop overhead: wall {run["loop_overhead_pct"]:+.1f} %, CPU time '
+      f'{run["loop_cpu_overhead_pct"]:+.1f} % (target < 5 %); wall with setup and compilation '
+      f'{run["total_overhead_pct"]:+.1f} %'
+    )
   if args.out:
     with open(args.out, 'w') as f:
       json.dump(result, f, indent=1)

@@ -215,13 +215,16 @@ def check_fits(directory: str, abstract_state, workdir: str) -> None:
 class Checkpointer:
   """Saves and restores (state, data position) steps in one directory."""
 
-  def __init__(self, directory: str, keep: int, read_only: bool = False):
+  def __init__(self, directory: str, keep: int, read_only: bool = False, async_save: bool = True):
     """Opens (or creates) the directory.
 
     Args:
       directory: the checkpoint directory (WORKDIR/checkpoints).
       keep: the newest steps kept; older ones are deleted as new ones are saved.
       read_only: never write (the modes that only read a checkpoint).
+      async_save: `save` returns once the arrays are copied off the devices and writes them in
+        the background (Orbax's async checkpointing), so the write overlaps the next steps;
+        False: `save` returns when the step is committed.
 
     Raises:
       SaveError: the directory cannot be created (an OS error).
@@ -232,7 +235,7 @@ class Checkpointer:
         ocp.CheckpointManagerOptions(read_only=True)
         if read_only
         else ocp.CheckpointManagerOptions(
-          max_to_keep=keep, create=True, enable_async_checkpointing=True
+          max_to_keep=keep, create=True, enable_async_checkpointing=async_save
         )
       )
       self._manager = ocp.CheckpointManager(directory, options=options)
@@ -246,7 +249,8 @@ class Checkpointer:
     return sorted(self._manager.all_steps())
 
   def save(self, step: int, state, data_iterator=None) -> None:
-    """Starts an asynchronous save of `step`; `wait` blocks until it is written.
+    """Saves `step`: with async_save, starts the write and returns (`wait` blocks until it is
+    committed); the state's buffers may be donated to the next step as soon as it returns.
 
     Args:
       step: the step number.

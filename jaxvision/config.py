@@ -84,6 +84,7 @@ def base() -> ml_collections.ConfigDict:
   c.train.eval_every = 500
   c.train.ckpt_every = 500
   c.train.keep_ckpts = 3
+  c.train.async_checkpoints = True  # saves overlap the next steps; False: each save blocks
   c.train.progress = True
 
   c.parallel = 'jit'  # 'jit' (shardings from the mesh) or 'pmap' (data parallel over all devices)

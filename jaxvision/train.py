@@ -165,7 +165,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if jax.process_count() > 1:  # no process writes before every process has checked the workdir
       multihost_utils.sync_global_devices('jaxvision: setup checks passed')
     workdir_lib.create(workdir)  # every check passed: from here on the workdir is written
-    ckpt = checkpoint.Checkpointer(exp.checkpoints, cfg.keep_ckpts)
+    ckpt = checkpoint.Checkpointer(
+      exp.checkpoints, cfg.keep_ckpts, async_save=cfg.async_checkpoints
+    )
     writer = bar = None
     try:
       start, state = ckpt.restore(exp.state, data_iter, move_unreadable=True)

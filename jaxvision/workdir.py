@@ -22,6 +22,7 @@ from jaxvision.errors import SaveError, WorkdirError
 RESUMABLE_KEYS = (
   'allow_config_change',
   'train.progress',
+  'train.async_checkpoints',
   'data.read_threads',
   'data.tfds_dir',
   'train.log_every',

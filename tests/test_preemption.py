@@ -142,6 +142,18 @@ def test_sigterm_at_any_moment_saves_the_step_and_the_resumed_run_is_the_uninter
     )
 
 
+def test_blocking_saves_train_the_run_that_async_saves_train(make_config, uninterrupted, tmp_path):
+  """train.async_checkpoints=False (each save blocks) changes when the writes happen, not what
+  is written: the same steps, params and evals as the default asynchronous run."""
+  workdir = str(tmp_path / 'sync')
+  train.train_and_evaluate(make_config('cnn', **SCHEDULE, train__async_checkpoints=False), workdir)
+  reference = uninterrupted('cnn')
+  assert checkpoint.steps_in(os.path.join(workdir, 'checkpoints')) == [3, 6]
+  info = [writers.read_json(os.path.join(w, 'run.json')) for w in (reference, workdir)]
+  assert info[1]['final_params_sha256'] == info[0]['final_params_sha256']
+  assert _evals(workdir) == _evals(reference)
+
+
 # run.py in a process that sends itself SIGTERM at its step-5 metrics when SIGTERM_PROCESS names it.
 _SIGTERM_ONE_PROCESS = """
 import os, runpy, signal, sys
