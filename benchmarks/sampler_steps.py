@@ -12,11 +12,15 @@
     python benchmarks/sampler_steps.py --config configs/diffusion.py --workdir runs/diffusion \
         --steps 25 --checkpoints 2000,3000,4000 --n 500 \
         --out benchmarks/results/diffusion_training.json   # FD over training (kept checkpoints)
+    python benchmarks/sampler_steps.py --config configs/diffusion.py --workdir runs/diffusion \
+        --steps 25 --checkpoints 2000,4000 --n 500 --weights ema,raw \
+        --out benchmarks/results/diffusion_ema_raw.json   # the EMA against the trained weights
     python benchmarks/sampler_steps.py --plot benchmarks/results/diffusion_steps_*.json \
         --png docs/diffusion_steps.png   # needs matplotlib (the bench extra)
 
 For each sampler and step count: `eval/fd` and `eval/kid` of `--n` samples from the workdir's
-latest checkpoint (the EMA weights), through the loop's own `GenerativeMetrics` (same features,
+latest checkpoint (the EMA weights; `--weights raw` samples with the trained weights
+themselves, `ema,raw` both), through the loop's own `GenerativeMetrics` (same features,
 same seed-fixed noise), with the wall time of the sampling (the first of a step count includes
 its compilation) and the network calls per image (Heun: 2 per step but the last). `fd_floor_n`
 is FD(n real train digits, test digits): FD grows as n shrinks, so a row is to be read against
@@ -26,6 +30,7 @@ per image, one line per sampler.
 
 import argparse
 import dataclasses
+import itertools
 import json
 import os
 import sys
@@ -59,7 +64,9 @@ def _states(exp, checkpoint_steps):
     ckpt.close()
 
 
-def measure(config_arg: str, workdir: str, samplers, steps_list, n: int, checkpoint_steps) -> dict:
+def measure(
+  config_arg: str, workdir: str, samplers, steps_list, n: int, checkpoint_steps, weights=('ema',)
+) -> dict:
   """The rows of FD/KID per (checkpoint, sampler, steps) of `workdir`."""
   path, _, preset = config_arg.partition(':')
   config = config_lib.from_file(path, preset)
@@ -78,24 +85,25 @@ def measure(config_arg: str, workdir: str, samplers, steps_list, n: int, checkpo
   floor_n = generative.frechet_distance(train, metrics.real['domain'])
   rows = []
   for step, state in _states(exp, checkpoint_steps):
-    for sampler in samplers:
-      for steps in steps_list:
-        opts = dataclasses.replace(state.opts, sampler=sampler, steps=steps)
-        start = time.perf_counter()
-        out = metrics(state.replace(opts=opts))
-        seconds = time.perf_counter() - start
-        row = {
-          'train_step': step,
-          'sampler': sampler,
-          'steps': steps,
-          'network_calls': network_calls(sampler, steps),
-          'fd': out['eval/fd'],
-          'kid': out['eval/kid'],
-          'seconds': seconds,
-          'images_per_sec': n / seconds,
-        }
-        print(json.dumps(row), flush=True)
-        rows.append(row)
+    for which, sampler, steps in itertools.product(weights, samplers, steps_list):
+      opts = dataclasses.replace(state.opts, sampler=sampler, steps=steps)
+      ema = state.ema_params if which == 'ema' else state.params
+      start = time.perf_counter()
+      out = metrics(state.replace(opts=opts, ema_params=ema))
+      seconds = time.perf_counter() - start
+      row = {
+        'train_step': step,
+        'weights': which,
+        'sampler': sampler,
+        'steps': steps,
+        'network_calls': network_calls(sampler, steps),
+        'fd': out['eval/fd'],
+        'kid': out['eval/kid'],
+        'seconds': seconds,
+        'images_per_sec': n / seconds,
+      }
+      print(json.dumps(row), flush=True)
+      rows.append(row)
   return {
     'config': config_arg,
     'workdir': workdir,
@@ -143,6 +151,7 @@ def main() -> None:
   parser.add_argument('--steps', default='5,10,25,50,100')
   parser.add_argument('--n', type=int, default=1000, help='samples per FD')
   parser.add_argument('--checkpoints', default='', help='checkpoint steps (default: the latest)')
+  parser.add_argument('--weights', default='ema', help='ema (what the task samples with), raw')
   parser.add_argument('--out', help='the JSON of rows')
   parser.add_argument('--plot', nargs='+', help='JSONs of earlier runs to draw')
   parser.add_argument('--png', default='docs/diffusion_steps.png')
@@ -157,6 +166,7 @@ def main() -> None:
     [int(s) for s in args.steps.split(',')],
     args.n,
     [int(s) for s in args.checkpoints.split(',') if s],
+    args.weights.split(','),
   )
   if args.out:
     with open(args.out, 'w') as f:
