@@ -93,8 +93,8 @@ def base() -> ml_collections.ConfigDict:
   c.cpu_convolutions = 'ynnpack'
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # -1: all devices not used by the other axes
-  c.mesh.fsdp = 1
-  c.mesh.model = 1
+  c.mesh.fsdp = 1  # > 1: the state's large leaves split over this axis (FSDP)
+  c.mesh.model = 1  # > 1: tensor parallelism, for models with sharding rules (the ViT)
   return c
 
 

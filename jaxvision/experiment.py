@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jaxvision import checkpoint, parallel, tasks, transfer, writers
+from jaxvision import checkpoint, models, parallel, tasks, transfer, writers
 from jaxvision import workdir as workdir_lib
 from jaxvision.data import pipeline
 from jaxvision.data.split import Split
@@ -194,10 +194,11 @@ def setup(config, workdir: str, restoring: bool = False) -> Experiment:
 
   Raises:
     ConfigError: a config value, the model's fields or shapes, num_classes, freeze or init_from
-      cannot work.
+      cannot work, or mesh.model > 1 for a model without tensor-parallel rules.
     WorkdirError: the workdir is a file, holds another config, data or checkpoints that do not
       fit, or (restoring) no checkpoint.
-    MeshError: the mesh does not fit the devices.
+    MeshError: the mesh does not fit the devices, or its model axis does not divide what the
+      model's tensor-parallel rules split (e.g. the ViT's heads).
     DataError: the data cannot be read.
   """
   tasks.validate(config)
@@ -208,6 +209,14 @@ def setup(config, workdir: str, restoring: bool = False) -> Experiment:
       f'no checkpoint in {checkpoints}; train first (same command with --mode train)'
     )
   mesh = parallel.make_mesh(config.mesh)
+  rules = models.SHARDING_RULES.get(config.model.name, ())
+  if mesh.shape[parallel.MODEL_AXIS] > 1 and not rules:
+    split = ', '.join(f'model.name={name}' for name in models.SHARDING_RULES)
+    raise ConfigError(
+      f'mesh.model={mesh.shape[parallel.MODEL_AXIS]} splits only the models with tensor-parallel '
+      f'rules ({split}), not model {config.model.name!r}; set mesh.model=1 '
+      f"(mesh.fsdp shards any model's state)"
+    )
   shards = parallel.batch_size_per_shard(mesh)
   if config.data.batch_size % shards:
     raise ConfigError(
@@ -243,7 +252,7 @@ def setup(config, workdir: str, restoring: bool = False) -> Experiment:
     ) from e
   check_classes(config, train_split)
   checkpoint.check_fits(checkpoints, abstract, workdir)
-  state_sharding = parallel.state_sharding(mesh, abstract)
+  state_sharding = parallel.state_sharding(mesh, abstract, rules)
   batch_sharding = parallel.batch_sharding(mesh)
   replicated = parallel.replicated(mesh)
   if (config.freeze or config.init_from.path) and not task.one_optimizer:

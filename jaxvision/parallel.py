@@ -1,14 +1,25 @@
 """Device mesh and shardings.
 
-One `Mesh` over all devices of all processes, axes ('data', 'fsdp', 'model').
-Batches are split over ('data', 'fsdp'). The train state (params, optimizer
-states, EMA copies, batch statistics) follows one size-based rule: with
-`mesh.fsdp` = 1 every leaf is replicated (data parallel); with `mesh.fsdp` = N > 1
-every leaf of at least `FSDP_MIN_SIZE` elements is split N ways along its
-largest axis that N divides (FSDP / ZeRO-3), the rest stay replicated. XLA
-inserts the all-gathers and reduce-scatters; there are no hand-written
-collectives. The step functions are written once and sharded from outside, by
-`jax.jit(in_shardings=..., out_shardings=...)`.
+One `Mesh` over all devices of all processes, axes ('data', 'fsdp', 'model'),
+from `jax.make_mesh` (which orders the devices by the hardware's topology).
+Batches are split over ('data', 'fsdp'). Every leaf of the train state (params,
+optimizer states, EMA copies, batch statistics) gets its sharding from two rules,
+by its path and its shape:
+
+- tensor parallelism (`mesh.model` = M > 1): the model's own table of
+  (path regex, PartitionSpec) rules (`models.SHARDING_RULES`, e.g. the ViT's
+  Megatron-style split of attention heads and MLP units) puts `MODEL_AXIS` on one
+  axis of each leaf whose path it matches; the regexes match the end of the
+  '/'-joined path, so a parameter's Adam moments and EMA copy follow it;
+- FSDP (`mesh.fsdp` = N > 1): every leaf of at least `FSDP_MIN_SIZE` elements is
+  split N ways along its largest axis that N divides and the model axis left free
+  (FSDP / ZeRO-3).
+
+Leaves neither rule splits are replicated; with fsdp = model = 1 that is all of them
+(data parallel). XLA inserts the all-gathers, reduce-scatters and all-reduces (for
+tensor parallelism: propagated from the params' shardings, no constraint on an
+activation); there are no hand-written collectives. The step functions are written
+once and sharded from outside, by `jax.jit(in_shardings=..., out_shardings=...)`.
 
 The pmap path (`config.parallel='pmap'`, data parallel only, one process or
 several) runs the same step functions under `jax.pmap` over the axis
@@ -24,17 +35,19 @@ device keeps its own rows, so it gets the numbers the jit path gives those rows)
 
 import dataclasses
 import math
+import re
 
 import jax
 import numpy as np
 from jax import lax
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxvision.errors import MeshError
 
 AXES = ('data', 'fsdp', 'model')
 BATCH_AXES = ('data', 'fsdp')
+MODEL_AXIS = 'model'  # the axis of tensor parallelism (the models' sharding rules name it)
 FSDP_MIN_SIZE = 2**12  # smaller leaves stay replicated: splitting them saves less than it costs
 PMAP_AXIS = 'batch'
 
@@ -69,11 +82,15 @@ def mesh_shape(mesh_config, num_devices: int) -> tuple[int, ...]:
 
 
 def make_mesh(mesh_config, devices=None) -> Mesh:
-  """The mesh over `devices` (default: all devices of all processes).
+  """The mesh over `devices` (default: all devices of all processes), laid out by
+  `jax.make_mesh` for the devices' topology.
+
+  The axes are of type Auto: shardings come from jit's in/out shardings and XLA propagates them
+  (make_mesh's default, Explicit, would make sharding part of every array's type).
 
   Args:
     mesh_config: config.mesh.
-    devices: the devices, in mesh order; None: `jax.devices()`.
+    devices: the devices to lay out (tests, subsets); None: `jax.devices()`.
 
   Returns:
     A Mesh of axes `AXES`.
@@ -83,7 +100,7 @@ def make_mesh(mesh_config, devices=None) -> Mesh:
   """
   devices = jax.devices() if devices is None else list(devices)
   shape = mesh_shape(mesh_config, len(devices))
-  return Mesh(np.asarray(devices).reshape(shape), AXES)
+  return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * len(AXES), devices=devices)
 
 
 def batch_size_per_shard(mesh: Mesh) -> int:
@@ -122,40 +139,89 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def fsdp_spec(shape: tuple[int, ...], n: int) -> P:
+def model_spec(path: str, shape: tuple[int, ...], rules, m: int) -> P:
+  """The tensor-parallel rule for one leaf: the PartitionSpec of the first rule whose regex matches
+  the end of its path (`re.search`), or none.
+
+  Args:
+    path: the leaf's '/'-joined path, e.g. 'opt_state/1/0/mu/block1/Dense_0/kernel' (an Adam
+      moment of 'params/block1/Dense_0/kernel').
+    shape: the leaf's shape.
+    rules: (regex, PartitionSpec) pairs, the model's `SHARDING_RULES`.
+    m: the size of the mesh's 'model' axis.
+
+  Returns:
+    The rule's PartitionSpec, or P() when m is 1 or no rule matches.
+
+  Raises:
+    MeshError: m does not divide an axis that the rule splits over 'model', or the rule has more
+      axes than the leaf.
+  """
+  if m == 1:
+    return P()
+  for pattern, spec in rules:
+    if not re.search(pattern, path):
+      continue
+    if len(spec) > len(shape):
+      raise MeshError(f'the sharding rule {pattern!r} -> {spec} does not fit {path} {shape}')
+    for axis, name in enumerate(spec):
+      if name == MODEL_AXIS and shape[axis] % m:
+        raise MeshError(
+          f'mesh.model={m} does not divide axis {axis} (of size {shape[axis]}) of {path}, which '
+          f'the model splits over the model axis; pick a mesh.model that divides it'
+        )
+    return spec
+  return P()
+
+
+def fsdp_spec(shape: tuple[int, ...], n: int, spec: P | None = None) -> P:
   """The FSDP rule for one leaf: split its largest axis that `n` divides over 'fsdp'
-  (ties: the later axis, e.g. a kernel's output features), or replicate it.
+  (ties: the later axis, e.g. a kernel's output features), or replicate it; axes that `spec`
+  (the tensor-parallel split, `model_spec`) already splits are kept as they are.
 
   Args:
     shape: the leaf's shape.
     n: the size of the mesh's 'fsdp' axis.
+    spec: the leaf's split over the other axes (None: none).
 
   Returns:
-    The PartitionSpec: P() (replicated) when n is 1, the leaf has under `FSDP_MIN_SIZE`
-    elements or no axis divides by n.
+    The PartitionSpec: `spec` alone (P() if it splits nothing) when n is 1, the leaf has under
+    `FSDP_MIN_SIZE` elements or no free axis divides by n.
   """
-  if n == 1 or math.prod(shape) < FSDP_MIN_SIZE:
-    return P()
-  for axis in sorted(range(len(shape)), key=lambda a: (shape[a], a), reverse=True):
-    if shape[axis] % n == 0:
-      return P(*(['fsdp' if a == axis else None for a in range(len(shape))]))
-  return P()
+  spec = P() if spec is None else spec
+  names = (*spec, *(None,) * (len(shape) - len(spec)))
+  if n > 1 and math.prod(shape) >= FSDP_MIN_SIZE:
+    free = [a for a in range(len(shape)) if names[a] is None]
+    for axis in sorted(free, key=lambda a: (shape[a], a), reverse=True):
+      if shape[axis] % n == 0:
+        return P(*('fsdp' if a == axis else name for a, name in enumerate(names)))
+  return spec if any(names) else P()
 
 
-def state_sharding(mesh: Mesh, state):
-  """Sharding for every leaf of the (abstract) train state: `fsdp_spec` of its shape.
+def state_sharding(mesh: Mesh, state, rules=()):
+  """Sharding for every leaf of the (abstract) train state: `model_spec` of its path (the model
+  axis) composed with `fsdp_spec` of its shape (the fsdp axis).
 
   Args:
     mesh: the mesh.
     state: a state or abstract state (leaves with `shape`; others are replicated).
+    rules: the model's tensor-parallel rules ((regex, PartitionSpec) pairs; used when the mesh's
+      'model' axis is > 1).
 
   Returns:
     A PyTree of NamedShardings of the structure of `state`.
+
+  Raises:
+    MeshError: a rule's split does not divide by the 'model' axis (see `model_spec`).
   """
-  n = mesh.shape['fsdp']
-  return jax.tree.map(
-    lambda x: NamedSharding(mesh, fsdp_spec(tuple(getattr(x, 'shape', ())), n)), state
-  )
+  n, m = mesh.shape['fsdp'], mesh.shape[MODEL_AXIS]
+
+  def leaf(path, x):
+    shape = tuple(getattr(x, 'shape', ()))
+    path = jax.tree_util.keystr(path, simple=True, separator='/')
+    return NamedSharding(mesh, fsdp_spec(shape, n, model_spec(path, shape, rules, m)))
+
+  return jax.tree_util.tree_map_with_path(leaf, state)
 
 
 def to_global(local_batch: dict, sharding: NamedSharding) -> dict:
@@ -215,33 +281,6 @@ def jit_train_step(step_fn, state_shardings, mesh: Mesh, options: dict | None = 
     donate_argnums=0,
     compiler_options=options,
   )
-
-
-def step_memory(step_fn, abstract_state, abstract_batch: dict, mesh: Mesh) -> dict:
-  """Per-device bytes of `step_fn(state, batch)` compiled for `mesh` with the state sharded by
-  `state_sharding` (nothing is allocated: the inputs are shapes). From XLA's memory analysis:
-  'arguments' (the state + batch shards a device holds), 'outputs', 'temporaries'.
-
-  Args:
-    step_fn: a task's train_step.
-    abstract_state: the state's ShapeDtypeStructs.
-    abstract_batch: the global batch's ShapeDtypeStructs.
-    mesh: the mesh.
-
-  Returns:
-    {'arguments', 'outputs', 'temporaries'}: bytes per device.
-  """
-  compiled = (
-    jit_train_step(step_fn, state_sharding(mesh, abstract_state), mesh)
-    .lower(abstract_state, abstract_batch)
-    .compile()
-  )
-  stats = compiled.memory_analysis()
-  return {
-    'arguments': int(stats.argument_size_in_bytes),
-    'outputs': int(stats.output_size_in_bytes),
-    'temporaries': int(stats.temp_size_in_bytes),
-  }
 
 
 # ------------------------------------------------------------------ the pmap path

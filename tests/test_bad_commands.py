@@ -101,6 +101,20 @@ CASES = [
     'parallel=pmap is data parallel only',
   ),
   (
+    ['--config', 'configs/cnn.py:smoke', '--config.mesh.model=2'],
+    TRAINED,
+    2,
+    'mesh.model=2 splits only the models with tensor-parallel rules (model.name=vit), '
+    "not model 'cnn'",
+  ),
+  (
+    ['--config', 'configs/vit.py:smoke', '--config.mesh.model=4'],  # 2 heads
+    NEW,
+    2,
+    'mesh.model=4 does not divide axis 0 (of size 2) of '
+    'params/block1/MultiHeadDotProductAttention_0/key/bias',
+  ),
+  (
     ['--config', 'configs/cnn.py:smoke', '--config.data.name=no_such_set'],
     NEW,
     2,

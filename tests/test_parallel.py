@@ -1,17 +1,22 @@
 """Data parallel vs FSDP vs pmap vs one device vs two processes: the same training."""
 
 import json
+import math
 import os
+import re
 import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
+from jax.sharding import AxisType
 from jax.sharding import PartitionSpec as P
 
-from conftest import ROOT, sigterm_at_step, two_processes
-from jaxvision import errors, experiment, parallel, train, writers
+from conftest import ROOT, run_py, sigterm_at_step, two_processes
+from jaxvision import errors, experiment, models, parallel, tasks, train, writers
 
 # The smoke runs of three tasks, compared across meshes. Their results differ only by the order
 # of floating-point reductions (gradient sums, BatchNorm statistics), amplified a little by Adam.
@@ -120,13 +125,13 @@ def test_pmap_sigterm_then_resume_is_bitwise_the_uninterrupted_pmap_run(
   assert info[0]['final_metrics'] == info[1]['final_metrics']
 
 
-def test_pmap_refuses_a_sharded_mesh(make_config, tmp_path):
-  from jaxvision import config as config_lib
-
-  with pytest.raises(
-    config_lib.ConfigError, match='parallel=pmap is data parallel only.*mesh.fsdp=4'
-  ):
-    train.train_and_evaluate(make_config('cnn', parallel='pmap', mesh__fsdp=4), str(tmp_path / 'w'))
+@pytest.mark.parametrize(
+  'name, mesh, message',
+  [('cnn', dict(mesh__fsdp=4), 'mesh.fsdp=4'), ('vit', dict(mesh__model=2), 'mesh.model=2')],
+)
+def test_pmap_refuses_a_sharded_mesh(make_config, tmp_path, name, mesh, message):
+  with pytest.raises(errors.ConfigError, match=f'parallel=pmap is data parallel only.*{message}'):
+    train.train_and_evaluate(make_config(name, parallel='pmap', **mesh), str(tmp_path / 'w'))
   assert not os.path.exists(tmp_path / 'w')
 
 
@@ -175,8 +180,8 @@ def test_fsdp_per_device_memory_falls_as_one_over_n():
   config = fsdp_memory.vit_config(
     32, patch=4, dim=128, depth=1, heads=4, mlp_dim=512, num_classes=10
   )
-  fsdp = {n: fsdp_memory.measure(config, n, True, 2)['arguments'] for n in (1, 2, 8)}
-  dp8 = fsdp_memory.measure(config, 8, False, 2)['arguments']  # (on 1 device FSDP is data parallel)
+  fsdp = {n: fsdp_memory.measure(config, (1, n, 1), 2)['arguments'] for n in (1, 2, 8)}
+  dp8 = fsdp_memory.measure(config, (8, 1, 1), 2)['arguments']  # (on 1 device FSDP is DP)
   assert dp8 >= 0.95 * fsdp[1]  # data parallel: every device holds the whole state
   for n in (2, 8):
     assert fsdp[1] / n <= fsdp[n] <= 1.25 * fsdp[1] / n, (n, fsdp)
@@ -224,3 +229,170 @@ def test_cpu_convolutions_without_ynnpack_train_alike(make_config, reference_run
     _final_params(config, str(tmp_path / 'ynnpack_convs'))[1],
     _final_params(make_config('dcgan'), reference_run('dcgan'))[1],
   )
+
+
+# ------------------------------------------------------------------ tensor parallelism (mesh.model)
+
+# The ViT smoke run made wide enough for FSDP to split some leaves too (>= 4,096 elements: the
+# q/k/v/out kernels [64, 4, 16] and the MLP's [64, 128]), and with heads and hidden units that
+# the model axis divides.
+TP_VIT = dict(model__dim=64, model__heads=4, model__mlp_dim=128)
+TP_MESHES = {
+  '2x2x2': dict(mesh__data=2, mesh__fsdp=2, mesh__model=2),
+  '4x1x2': dict(mesh__data=4, mesh__model=2),
+}
+
+
+def _mesh(data: int, fsdp: int, model: int):
+  return parallel.make_mesh(ml_collections.ConfigDict(dict(data=data, fsdp=fsdp, model=model)))
+
+
+def _specs(mesh, state, rules=()) -> dict:
+  shardings = parallel.state_sharding(mesh, state, rules)
+  return {
+    jax.tree_util.keystr(path, simple=True, separator='/'): sharding.spec
+    for path, sharding in jax.tree_util.tree_flatten_with_path(shardings)[0]
+  }
+
+
+def test_mesh_comes_from_make_mesh_with_auto_axes():
+  mesh = _mesh(2, 2, 2)
+  assert mesh.axis_names == parallel.AXES and mesh.axis_types == (AxisType.Auto,) * 3
+  assert mesh.devices.tolist() == jax.make_mesh((2, 2, 2), parallel.AXES).devices.tolist()
+  sub = parallel.make_mesh(
+    ml_collections.ConfigDict(dict(data=-1, fsdp=2, model=1)), jax.devices()[4:]
+  )
+  assert dict(sub.shape) == {'data': 2, 'fsdp': 2, 'model': 1}
+  assert set(sub.devices.flat) == set(jax.devices()[4:])
+
+
+def test_vit_rules_split_heads_and_mlp_over_model_and_compose_with_fsdp(make_config):
+  config = make_config('vit', **TP_VIT)
+  sample = {'image': jnp.zeros((1, 28, 28, 1)), 'label': jnp.zeros((1,), jnp.int32)}
+  task = tasks.get(config.task)
+  state = jax.eval_shape(lambda rng: task.init(config, rng, sample), jax.random.PRNGKey(0))
+  rules = models.SHARDING_RULES['vit']
+  specs = _specs(_mesh(2, 2, 2), state, rules)
+  attn = 'params/block1/MultiHeadDotProductAttention_0'
+  want = {
+    f'{attn}/query/kernel': P('fsdp', 'model', None),  # [dim, heads, head_dim]: heads on model
+    f'{attn}/key/kernel': P('fsdp', 'model', None),
+    f'{attn}/value/bias': P('model', None),  # [heads, head_dim]
+    f'{attn}/out/kernel': P('model', None, 'fsdp'),  # [heads, head_dim, dim]: its input on model
+    f'{attn}/out/bias': P(),
+    'params/block1/Dense_0/kernel': P('fsdp', 'model'),  # [dim, mlp_dim]: hidden units on model
+    'params/block1/Dense_0/bias': P('model'),
+    'params/block1/Dense_1/kernel': P('model', 'fsdp'),  # [mlp_dim, dim]: its input on model
+    'params/block1/Dense_1/bias': P(),
+    'params/block1/LayerNorm_0/scale': P(),
+    'params/patch_embedding/kernel': P(),  # 49 x 64 elements: under FSDP_MIN_SIZE
+    'params/head/kernel': P(),
+  }
+  assert {k: specs[k] for k in want} == want
+  # Both Adam moments of every parameter are sharded as the parameter (matched by path).
+  params = {k.removeprefix('params/'): v for k, v in specs.items() if k.startswith('params/')}
+  moments = [k for k in specs if k.startswith('opt_state/') and not k.endswith('/count')]
+  assert len(moments) == 2 * len(params)
+  for k in moments:
+    assert specs[k] == params[next(p for p in params if k.endswith('/' + p))], k
+  # mesh.model=1: the rules change nothing (the FSDP rule alone, or data parallel).
+  assert _specs(_mesh(4, 2, 1), state, rules) == _specs(_mesh(4, 2, 1), state)
+  assert set(_specs(_mesh(8, 1, 1), state, rules).values()) == {P()}
+  with pytest.raises(
+    errors.MeshError,
+    match=r'mesh.model=8 does not divide axis 0 \(of size 4\) of '
+    r'params/block1/MultiHeadDotProductAttention_0/key/bias',
+  ):
+    _specs(_mesh(1, 1, 8), state, rules)
+
+
+def _dot_shapes(hlo: str) -> set[str]:
+  return set(re.findall(r'= f32\[([\d,]*)\]\S* dot\(', hlo))
+
+
+def _all_reduced_ops(hlo: str) -> str:
+  return '\n'.join(line for line in hlo.splitlines() if ' all-reduce(' in line)
+
+
+def test_model_axis_splits_the_compiled_vit_step():
+  """mesh 4x1x2 against 8x1x1 in the compiled step (benchmarks/fsdp_memory.py, a small ViT): the
+  attention and MLP matmuls run on half the heads and hidden units, XLA sums the branch outputs
+  over the model axis (Megatron's all-reduce after the out projection and after the MLP, with
+  nothing but the params' shardings to go on), and each device holds the state's shards."""
+  sys.path.insert(0, ROOT)
+  from benchmarks import fsdp_memory
+
+  config = fsdp_memory.vit_config(
+    32, patch=4, dim=128, depth=1, heads=4, mlp_dim=512, num_classes=10
+  )
+  dp, _, _ = fsdp_memory.abstract_step(config, (8, 1, 1), 2)
+  tp, state, shardings = fsdp_memory.abstract_step(config, (4, 1, 2), 2)
+  dp_hlo, tp_hlo = dp.as_text(), tp.as_text()
+  # 65 tokens; data parallel: 2 images per device; 4x1x2: 4 images per pair of model devices.
+  assert {'2,4,65,65', '130,512'} <= _dot_shapes(dp_hlo)  # [B, heads, L, L], [B*L, mlp_dim]
+  assert {'4,2,65,65', '260,256'} <= _dot_shapes(tp_hlo)  # half the heads, half the units
+  assert not {'4,4,65,65', '260,512'} & _dot_shapes(tp_hlo)
+  reduced = _all_reduced_ops(tp_hlo)
+  for op in ('MultiHeadDotProductAttention_0/out', 'Dense_1'):  # the forward pass's sums
+    name = re.escape(f'op_name="jit(train_step)/jvp(ViT)/block1/{op}/dot_general"')
+    assert re.search(rf'f32\[4,65,128\].*replica_groups=\[4,2\]<=\[8\].*{name}', reduced), op
+    assert not re.search(name, _all_reduced_ops(dp_hlo)), op
+  # Per device: the state's shards (the split leaves at half size) and 4 of the 16 images.
+  shard_bytes = sum(
+    math.prod(sharding.shard_shape(x.shape)) * x.dtype.itemsize
+    for x, sharding in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(shardings))
+  )
+  batch_bytes = 4 * (32 * 32 * 3 + 1) * 4
+  assert tp.memory_analysis().argument_size_in_bytes == shard_bytes + batch_bytes
+  assert (
+    tp.memory_analysis().argument_size_in_bytes < 0.6 * dp.memory_analysis().argument_size_in_bytes
+  )
+
+
+def test_tensor_parallel_trains_like_data_parallel_and_restores_on_a_data_only_mesh(
+  make_config, tmp_path
+):
+  runs = {}
+  for label, mesh in (('dp8', {}), *TP_MESHES.items()):
+    config = make_config('vit', **TP_VIT, **mesh)
+    workdir = str(tmp_path / label)
+    train.train_and_evaluate(config, workdir)
+    exp, params = _final_params(config, workdir)
+    runs[label] = (workdir, exp, params, _train_rows(workdir))
+  _, exp, reference, reference_rows = runs['dp8']
+  query = lambda exp: exp.state.params['block1']['MultiHeadDotProductAttention_0']['query']
+  assert query(exp)['kernel'].sharding.spec == P()
+  for label in TP_MESHES:
+    _, exp, params, rows = runs[label]
+    assert 'model' in query(exp)['kernel'].sharding.spec
+    _assert_close(params, reference)
+    assert [r.keys() for r in rows] == [r.keys() for r in reference_rows] and rows
+    for got, want in zip(rows, reference_rows):
+      assert got['train/loss'] == pytest.approx(want['train/loss'], rel=TOLERANCE['rtol'])
+  # Written on 2x2x2, restored on the data-only mesh: every leaf replicated, the same numbers.
+  workdir, _, written, _ = runs['2x2x2']
+  exp, restored = _final_params(make_config('vit', **TP_VIT), workdir)
+  assert {leaf.sharding.spec for leaf in jax.tree_util.tree_leaves(exp.state)} == {P()}
+  jax.tree.map(np.testing.assert_array_equal, restored, written)
+
+
+def test_model_axis_is_refused_for_models_without_rules(make_config, tmp_path):
+  with pytest.raises(
+    errors.ConfigError,
+    match=r'^mesh.model=2 splits only the models with tensor-parallel rules \(model.name=vit\), '
+    r"not model 'cnn'; set mesh.model=1",
+  ):
+    train.train_and_evaluate(make_config('cnn', mesh__model=2), str(tmp_path / 'w'))
+  assert not os.path.exists(tmp_path / 'w')
+
+
+def test_run_py_trains_the_vit_smoke_run_with_a_model_axis(tmp_path, tfds_dir):
+  workdir = str(tmp_path / 'w')
+  proc, _ = run_py(
+    '--config', 'configs/vit.py:smoke', '--config.mesh.model=2', '--workdir', workdir,
+    cwd=ROOT, tfds_dir=tfds_dir,
+  )  # fmt: skip
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  info = writers.read_json(os.path.join(workdir, 'run.json'))
+  assert info['devices']['mesh'] == {'data': 4, 'fsdp': 1, 'model': 2}
+  assert 0 <= info['final_metrics']['eval/accuracy'] <= 1

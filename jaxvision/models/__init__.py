@@ -28,6 +28,10 @@ MODELS: dict[str, type[nn.Module]] = {
   'unet': unet.UNet,
 }
 
+# Tensor-parallel rules ((path regex, PartitionSpec) pairs, see jaxvision/parallel.py) of the
+# models that split over the mesh's model axis; the others need mesh.model=1.
+SHARDING_RULES: dict[str, tuple] = {'vit': vit.SHARDING_RULES}
+
 
 # Fields a model gets from the task at run time, not from the config.
 RUNTIME_FIELDS = ('parent', 'name', 'batch_split')

@@ -6,17 +6,39 @@ function as a p x p conv with stride p, and its parameter count). Images
 must divide into patches: a 28x28 image takes patch 4 or 7, 32x32 takes 4 or 8.
 `dropout` acts after the attention and in the MLP (as in big_vision), not on the
 attention weights.
+
+`SHARDING_RULES` say how the blocks split over a mesh's model axis (Megatron-style
+tensor parallelism, applied from outside by jaxvision/parallel.py): each head's
+query, key and value projections live on one shard, which computes that head's
+attention, and the output projection's rows (input features) follow the heads; the
+MLP's first layer splits its hidden units (output features), the second its rows,
+so each block's matmuls need one sum over the model axis after each branch.
 """
 
 import chex
 import flax.linen as nn
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from jaxvision import parallel
 from jaxvision.models import layers
 
 POOLS = ('cls', 'mean')
 GELUS = ('tanh', 'erf')
+
+_M = parallel.MODEL_AXIS
+_ATTENTION = r'(^|/)block\d+/MultiHeadDotProductAttention_0'
+# (regex matched against the end of a state leaf's path, PartitionSpec over the model axis):
+# params, their optimizer moments and EMA copies alike. Leaves not named here (embeddings,
+# LayerNorms, the out and second MLP biases, the head) are not split over the model axis.
+SHARDING_RULES = (
+  (rf'{_ATTENTION}/(query|key|value)/kernel$', P(None, _M, None)),  # [dim, heads, head_dim]
+  (rf'{_ATTENTION}/(query|key|value)/bias$', P(_M, None)),  # [heads, head_dim]
+  (rf'{_ATTENTION}/out/kernel$', P(_M, None, None)),  # [heads, head_dim, dim]
+  (r'(^|/)block\d+/Dense_0/kernel$', P(None, _M)),  # [dim, mlp_dim]
+  (r'(^|/)block\d+/Dense_0/bias$', P(_M)),  # [mlp_dim]
+  (r'(^|/)block\d+/Dense_1/kernel$', P(_M, None)),  # [mlp_dim, dim]
+)
 
 
 def patchify(x, patch: int):
