@@ -23,6 +23,7 @@ RESUMABLE_KEYS = (
   'allow_config_change',
   'train.progress',
   'data.read_threads',
+  'data.workers',
   'data.tfds_dir',
   'train.log_every',
   'train.eval_every',
