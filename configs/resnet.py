@@ -7,6 +7,10 @@
 
 cifar10 and imagenet2012 must be prepared in the TFDS data dir first (they
 cannot be downloaded here; imagenet2012 needs its manual files).
+benchmarks/make_imagenet_like.py writes a stand-in in imagenet2012's format:
+
+  python benchmarks/make_imagenet_like.py --data_dir /tmp/imagenet_like --n 20000
+  python run.py --config configs/resnet.py:imagenet --config.data.tfds_dir=/tmp/imagenet_like
 """
 
 import os
@@ -71,6 +75,10 @@ def get_config(preset: str = ''):
     c.data.batch_size = 1024
     c.data.eval_batch_size = 1000
     c.data.cache = False
+    # Decoding and the inception crop run on the host, in one grain worker process per core, one
+    # thread each (docs/performance.md, "ImageNet-format input pipeline").
+    c.data.workers = -1
+    c.data.read_threads = 1
     c.optim.name = 'momentum'
     c.optim.lr = 0.4
     c.optim.schedule = 'warmup_cosine'

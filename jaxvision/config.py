@@ -54,7 +54,8 @@ def base() -> ml_collections.ConfigDict:
   c.data.image_size = 0  # > 0: resize + centre-crop to this size (datasets of mixed sizes)
   c.data.download = False  # let TFDS try to download a dataset that is not prepared
   c.data.cache = True  # hold the split in memory (small datasets)
-  c.data.read_threads = 2
+  c.data.read_threads = 2  # grain threads reading batches (in each worker, with data.workers)
+  c.data.workers = 0  # grain worker processes making the train batches; 0: none; -1: one per core
   c.data.classes = ()  # keep only these labels (train and eval); () = all
   c.data.per_class = 0  # > 0: the first N train examples of each kept class (file order)
   c.data.clusters = 0  # > 0: labels replaced by K balanced spectral clusters (self-conditioned GAN)
@@ -152,6 +153,7 @@ def choice(config, key: str, allowed) -> None:
 AT_LEAST_0 = (0, math.inf, True, False)
 ABOVE_0 = (0, math.inf, False, False)
 AT_LEAST_1 = (1, math.inf, True, False)
+AT_LEAST_MINUS_1 = (-1, math.inf, True, False)
 FRACTION = (0, 1, True, False)  # [0, 1)
 RANGES = {
   'seed': AT_LEAST_0,
@@ -160,6 +162,7 @@ RANGES = {
   'data.shift': AT_LEAST_0,
   'data.image_size': AT_LEAST_0,
   'data.read_threads': AT_LEAST_1,
+  'data.workers': AT_LEAST_MINUS_1,
   'data.per_class': AT_LEAST_0,
   'data.clusters': AT_LEAST_0,
   'data.synthetic.real_fraction': FRACTION,
@@ -180,6 +183,7 @@ _NOTES = {  # what a value means at a bound, for the error message
   'optim.grad_clip': ' (0: no clipping)',
   'data.per_class': ' (0: every example)',
   'data.clusters': ' (0: the labels)',
+  'data.workers': ' (0: no worker processes; -1: one per CPU core)',
 }
 
 
@@ -292,6 +296,13 @@ def validate(config) -> None:
     )
   if config.data.augment == 'inception_crop' and config.data.image_size <= 0:
     raise ConfigError('data.augment=inception_crop needs data.image_size > 0 (e.g. 224)')
+  if config.data.augment == 'inception_crop' and (
+    config.data.clusters or config.data.synthetic.path
+  ):
+    raise ConfigError(
+      'data.augment=inception_crop crops the train images as they are read, which data.clusters '
+      'and data.synthetic.path cannot take; use data.augment=none with them'
+    )
   for axis in ('data', 'fsdp', 'model'):
     size = config.mesh[axis]
     if size == 0 or size < -1:

@@ -189,7 +189,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       )
       state, final = _Loop(exp, ckpt, stop, data_iter, writer, bar).run(state, start)
     finally:
-      for closable in (bar, writer, ckpt):
+      for closable in (bar, writer, ckpt, data_iter):  # data_iter: ends data.workers' processes
         if closable is not None:
           closable.close()
     if start >= cfg.steps and not final:  # nothing left to train: report the restored state

@@ -24,6 +24,7 @@ RESUMABLE_KEYS = (
   'train.progress',
   'train.async_checkpoints',
   'data.read_threads',
+  'data.workers',
   'data.tfds_dir',
   'train.log_every',
   'train.eval_every',

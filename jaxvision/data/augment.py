@@ -60,71 +60,32 @@ def random_crop_flip(rng, images, pad: int, fill, split=None):
   return jnp.where(flip, images[:, :, ::-1, :], images)
 
 
-def inception_crop(rng, images, size: int, min_area: float = 0.08, split=None):
-  """Random-resized crop (area in [min_area, 1], aspect in [3/4, 4/3]) to size x size, then a
-  random horizontal flip: the ImageNet training augmentation, on fixed-size input images.
-
-  Args:
-    rng: the key of the draws.
-    images: f32[B, H, W, C].
-    size: the output side.
-    min_area: the smallest crop, as a fraction of the image's area.
-    split: the pmap path's `parallel.BatchSplit` (None under jit).
-
-  Returns:
-    The crops f32[B, size, size, C], resized bilinearly.
-  """
-  chex.assert_rank(images, 4)
-  n, h, w, c = images.shape
-  area_rng, ratio_rng, y_rng, x_rng, flip_rng = jax.random.split(rng, 5)
-  uniform = lambda rng, lo=0.0, hi=1.0: parallel.batch_rows(
-    split, lambda s: jax.random.uniform(rng, s, minval=lo, maxval=hi), (n,)
-  )
-  area = uniform(area_rng, min_area, 1.0) * h * w
-  ratio = jnp.exp(uniform(ratio_rng, jnp.log(3 / 4), jnp.log(4 / 3)))
-  ch = jnp.clip(jnp.sqrt(area / ratio), 8.0, h)
-  cw = jnp.clip(jnp.sqrt(area * ratio), 8.0, w)
-  y0 = uniform(y_rng) * (h - ch)
-  x0 = uniform(x_rng) * (w - cw)
-
-  def crop(img, y0, x0, ch, cw):
-    scale = jnp.stack([size / ch, size / cw])
-    return jax.image.scale_and_translate(
-      img, (size, size, c), (0, 1), scale, -jnp.stack([y0, x0]) * scale, method='linear'
-    )
-
-  out = jax.vmap(crop)(images, y0, x0, ch, cw)
-  flip = _flip(flip_rng, n, split)
-  return jnp.where(flip, out[:, :, ::-1, :], out)
-
-
-def apply(kind: str, rng, images, amount: int, fill, size: int = 0, split=None):
+def apply(kind: str, rng, images, amount: int, fill, split=None):
   """Augments a batch of images inside a train step.
 
   Args:
-    kind: 'none', 'shift', 'crop_flip' or 'inception_crop' (config.data.augment).
+    kind: 'none', 'shift', 'crop_flip' or 'inception_crop' (config.data.augment); the input
+      pipeline has done inception_crop already, on the host (`jaxvision/data/images.py`), so it
+      leaves the batch as it is here.
     rng: the step's augmentation key.
     images: f32[B, H, W, C], or frame sequences f32[B, T, H, W, C] (every frame on its own).
     amount: the shift or padding in pixels (config.data.shift).
     fill: the value of padded pixels, the data's background.
-    size: the output size of inception_crop.
     split: the pmap path's `parallel.BatchSplit` (None under jit).
 
   Returns:
-    The augmented batch, of the shape of `images` (inception_crop: [B, size, size, C]).
+    The augmented batch, of the shape of `images`.
 
   Raises:
     ValueError: `kind` is not one of the four.
   """
   if images.ndim == 5:
-    out = apply(kind, rng, images.reshape(-1, *images.shape[2:]), amount, fill, size, split)
+    out = apply(kind, rng, images.reshape(-1, *images.shape[2:]), amount, fill, split)
     return out.reshape(*images.shape[:2], *out.shape[1:])
-  if kind == 'none':
+  if kind in ('none', 'inception_crop'):
     return images
   if kind == 'shift':
     return random_shift(rng, images, amount, fill, split)
   if kind == 'crop_flip':
     return random_crop_flip(rng, images, amount, fill, split)
-  if kind == 'inception_crop':
-    return inception_crop(rng, images, size, split=split)
   raise ValueError(f'data.augment={kind!r}; use none, shift, crop_flip or inception_crop')

@@ -5,10 +5,20 @@ shuffles the indices of the split with the seed, a new permutation each
 epoch, and batch `s` is elements `s*B ... (s+1)*B-1` of that stream. Each
 process reads only its own rows of every global batch (`jax.process_index()`).
 The iterator's position is saved with every checkpoint (grain state) and
-restored on resume. Random augmentation is not done here: it runs inside the
-jitted train step with the state's key (see `jaxvision/data/augment.py`).
+restored on resume.
+
+Random augmentation of pixels that are already in memory (shift, crop_flip)
+runs inside the jitted train step with the state's key (see
+`jaxvision/data/augment.py`). ImageNet's inception crop runs here, on the
+host, where it can decide how much of each JPEG to decode
+(`jaxvision/data/images.py`): the random draws of the record at position `g`
+of the stream come from a numpy generator seeded with (seed, g), so they too
+are a function of (seed, step), the same for any number of processes or
+workers. With data.workers > 0 the batches are made in that many grain
+worker processes (`mp_prefetch`), in the same order.
 """
 
+import functools
 import hashlib
 import os
 
@@ -16,10 +26,11 @@ import grain
 import jax
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import flags
 from absl import logging as absl_logging
-from PIL import Image
+from grain.multiprocessing import SharedMemoryArray
 
-from jaxvision.data import clusters, mnist10k, sequences, subset, synthetic, text
+from jaxvision.data import clusters, images, mnist10k, sequences, subset, synthetic, text
 from jaxvision.data.split import Split
 from jaxvision.errors import DataError
 
@@ -105,42 +116,34 @@ def _select(example: dict) -> dict:
   return {'image': example['image'], 'label': example['label']}
 
 
-def _resizer(data_config, split: str):
-  """Fixed-size images from a dataset of any sizes (`data.image_size` > 0), else None.
+def _image_path(data_config, split: str, features):
+  """How a split's images are read: (TFDS decoders, per-example select, host augmentation, shape).
 
-  Shorter side to image_size, then a centred image_size square. With
-  data.augment='inception_crop' (ImageNet-style), the shorter side goes to
-  image_size * 8/7 (256 for 224) instead; training keeps that whole square (the
-  train step takes its random crop from it, see augment.inception_crop) and
-  evaluation crops its centre."""
-  size = data_config.image_size
-  if not size:
-    return None
-  inception = data_config.augment == 'inception_crop'
-  short = round(size * 8 / 7) if inception else size
-  crop = short if inception and split == data_config.train_split else size
-  return lambda example: {**example, 'image': resize_center_crop(example['image'], short, crop)}
-
-
-def resize_center_crop(image: np.ndarray, short: int, crop: int) -> np.ndarray:
-  """Resizes the shorter side to `short` (bicubic), then takes the centred crop x crop square.
-
-  Args:
-    image: uint8[H, W, C], C 1 or 3.
-    short: the shorter side after resizing.
-    crop: the side of the centred square (<= short).
-
-  Returns:
-    uint8[crop, crop, C].
+  Without data.image_size, images are taken as TFDS decodes them. With it, an encoded image
+  (a TFDS Image feature) is read undecoded and decoded by `images` (JPEGs at reduced scale):
+  the shorter side goes to image_size, then the centred square is kept. With
+  data.augment='inception_crop' (ImageNet-style), the train split's images stay as read until
+  `train_dataset` draws each one's random crop (`images.inception_crop`), and the other splits
+  take the centred image_size square of the image resized to image_size * 8/7 (224 of 256).
   """
-  h, w = image.shape[:2]
-  scale = short / min(h, w)
-  size = (max(crop, round(w * scale)), max(crop, round(h * scale)))
-  squeeze = image.shape[-1] == 1
-  img = Image.fromarray(image[..., 0] if squeeze else image).resize(size, Image.BICUBIC)
-  top, left = (size[1] - crop) // 2, (size[0] - crop) // 2
-  out = np.asarray(img)[top : top + crop, left : left + crop]
-  return out[..., None] if squeeze else out
+  size = data_config.image_size
+  shape = tuple(features['image'].shape)
+  if not size:
+    return None, _select, None, shape
+  channels = shape[-1] or 3
+  decoders = None
+  if isinstance(features['image'], tfds.features.Image):
+    decoders = {'image': tfds.decode.SkipDecoding()}
+  inception = data_config.augment == 'inception_crop'
+  if inception and split == data_config.train_split:
+    augment = functools.partial(images.inception_crop, size=size, channels=channels)
+    return decoders, _select, augment, (size, size, channels)
+  short = round(size * 8 / 7) if inception else size
+  resize = lambda example: {
+    'image': images.resize_center_crop(example['image'], short, size, channels),
+    'label': example['label'],
+  }
+  return decoders, resize, None, (size, size, channels)
 
 
 def load_split(data_config, split: str, relabel: bool = True) -> Split:
@@ -178,15 +181,10 @@ def load_split(data_config, split: str, relabel: bool = True) -> Split:
     raise DataError(
       f'{data_config.name} has no image/label (or text/label) features; classification needs both'
     )
-  source = b.as_data_source(split)
+  decoders, select, augment, image_shape = _image_path(data_config, split, features)
+  source = b.as_data_source(split, decoders=decoders)
   size = len(source)
-  resize = _resizer(data_config, split)
-  select = _select if resize is None else lambda example: resize(_select(example))
-  image_shape = tuple(features['image'].shape)
-  if resize is not None:
-    crop = resize(_select(source[0]))['image'].shape[0]
-    image_shape = (crop, crop, image_shape[-1])
-  elif None in image_shape:
+  if None in image_shape:
     raise DataError(
       f'{data_config.name} images have no fixed size {image_shape}; '
       f'set --config.data.image_size (e.g. 224) to resize them'
@@ -204,6 +202,7 @@ def load_split(data_config, split: str, relabel: bool = True) -> Split:
     features['label'].num_classes,
     _fingerprint(b, split),
     read,
+    augment=augment,
   )
   out = subset.select(out, data_config, is_train=split == data_config.train_split)
   if not relabel:
@@ -245,8 +244,19 @@ def _read_whole(b, split: str, source, select, data_config) -> dict:
 
 
 def _stack(examples: list[dict]) -> dict:
-  """[{key: array}] -> {key: stacked array}."""
-  return {k: np.stack([np.asarray(e[k]) for e in examples]) for k in examples[0]}
+  """[{key: array}] -> {key: stacked array}; encoded images (bytes) and arrays of several shapes
+  go into an object array, one entry each."""
+  return {k: _column([e[k] for e in examples]) for k in examples[0]}
+
+
+def _column(values: list) -> np.ndarray:
+  """The values stacked, or as an object array when they are bytes or of several shapes."""
+  if not isinstance(values[0], bytes) and len({np.shape(v) for v in values}) == 1:
+    return np.stack([np.asarray(v) for v in values])
+  out = np.empty(len(values), object)
+  for i, v in enumerate(values):
+    out[i] = v
+  return out
 
 
 def preprocess(batch: dict, scale: str) -> dict:
@@ -262,12 +272,34 @@ def preprocess(batch: dict, scale: str) -> dict:
   """
   if 'tokens' in batch:
     return {'tokens': batch['tokens'].astype(np.int32), 'label': batch['label'].astype(np.int32)}
-  image = batch['image'].astype(np.float32) / 255.0
+  return {'image': scale_pixels(batch['image'], scale), 'label': batch['label'].astype(np.int32)}
+
+
+_IMAGENET_SHIFT = (255 * IMAGENET_MEAN).astype(np.float32)
+_IMAGENET_FACTOR = (1 / (255 * IMAGENET_STD)).astype(np.float32)
+
+
+def scale_pixels(image: np.ndarray, scale: str, out: np.ndarray | None = None) -> np.ndarray:
+  """Pixels as the steps take them (see `preprocess`).
+
+  Args:
+    image: uint8 pixels, any shape with the channels last.
+    scale: data.scale.
+    out: float32 of the shape of `image` to write into (a batch's row), or None.
+
+  Returns:
+    float32 pixels, `out` if given.
+  """
+  image = image if image.dtype == np.uint8 else image.astype(np.float32)
+  if scale == 'imagenet':  # per-channel standardisation with the ImageNet train statistics
+    out = np.subtract(image, _IMAGENET_SHIFT, out=out, dtype=np.float32)
+    out *= _IMAGENET_FACTOR
+    return out
+  out = np.divide(image, np.float32(255), out=out, dtype=np.float32)
   if scale == 'minus_one_one':
-    image = image * 2.0 - 1.0
-  elif scale == 'imagenet':  # per-channel standardisation with the ImageNet train statistics
-    image = (image - IMAGENET_MEAN) / IMAGENET_STD
-  return {'image': image, 'label': batch['label'].astype(np.int32)}
+    out *= 2
+    out -= 1
+  return out
 
 
 def _per_process(global_batch: int) -> int:
@@ -282,30 +314,131 @@ def train_dataset(config, split: Split) -> grain.IterDataset:
   """Infinite, reshuffled-every-epoch stream of this process's training batches.
 
   Args:
-    config: the experiment config (seed, data.batch_size, data.scale, data.read_threads).
+    config: the experiment config (seed, data.batch_size, data.scale, data.read_threads,
+      data.workers).
     split: the train split.
 
   Returns:
-    A grain dataset of `preprocess`ed batches, data.batch_size / processes rows each; its
-    iterator's position is what checkpoints save.
+    A grain dataset of `preprocess`ed batches, data.batch_size / processes rows each. Its
+    iterator's state, what checkpoints save, is the index of the next batch. With
+    data.workers > 0, that many processes make the batches (each with data.read_threads
+    threads), started at the first batch; close the iterator to end them.
 
   Raises:
     DataError: the processes do not divide data.batch_size.
   """
   local = _per_process(config.data.batch_size)
-  rows = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
   # Global batch s is the s-th slice of the stream, whatever the process count; this process
   # reads its contiguous block of rows, the block its devices hold in the global array.
-  ds = (
+  rows = np.arange(jax.process_index() * local, (jax.process_index() + 1) * local)
+  workers = _workers(config.data.workers)
+  read = functools.partial(
+    _train_batch,
+    split=split,
+    rows=rows,
+    batch_size=config.data.batch_size,
+    seed=config.seed,
+    scale=config.data.scale,
+    shared=workers > 0,
+  )
+  batches = (
     grain.MapDataset.range(split.size)
     .shuffle(seed=config.seed)
     .repeat()
     .batch(config.data.batch_size, drop_remainder=True)
-    .map(lambda idx: preprocess(split.read(np.asarray(idx)[rows]), config.data.scale))
+    .map_with_index(read)
   )
-  return ds.to_iter_dataset(
-    grain.ReadOptions(num_threads=config.data.read_threads, prefetch_buffer_size=8)
-  )
+  return _TrainBatches(batches, config.data.read_threads, workers)
+
+
+def _workers(workers: int) -> int:
+  """data.workers as a count: -1 is one per CPU core this process may run on."""
+  return len(os.sched_getaffinity(0)) if workers == -1 else workers
+
+
+class _TrainBatches(grain.IterDataset):
+  """The batches of a `MapDataset`, read by `threads` threads in this process or in each of
+  `workers` grain worker processes, in order either way."""
+
+  def __init__(self, batches: grain.MapDataset, threads: int, workers: int):
+    super().__init__()
+    self._batches, self._threads, self._workers = batches, threads, workers
+
+  def from_batch(self, start: int) -> grain.IterDataset:
+    """The grain pipeline of the batches from index `start` on."""
+    # A batch buffered in a worker is one more batch in memory per worker: enough to keep its
+    # threads busy there; in this process, a deeper buffer smooths the steps.
+    ds = self._batches[start:].to_iter_dataset(
+      grain.ReadOptions(
+        num_threads=self._threads,
+        prefetch_buffer_size=self._threads if self._workers else 8,
+      )
+    )
+    if not self._workers:
+      return ds
+    if not flags.FLAGS.is_parsed():  # grain 0.2.18 reads an absl flag in mp_prefetch (grain#1355)
+      flags.FLAGS.mark_as_parsed()
+    options = grain.MultiprocessingOptions(num_workers=self._workers, per_worker_buffer_size=2)
+    return ds.mp_prefetch(options)
+
+  def __iter__(self) -> grain.DatasetIterator:
+    return _TrainIterator(self)
+
+
+class _TrainIterator(grain.DatasetIterator):
+  """Iterates `_TrainBatches`. Its state is {'next_index': the next batch}, the state of grain's
+  own iterator over a MapDataset: grain's multiprocess iterator keeps one state per worker, which
+  would tie a checkpoint to data.workers; this one resumes under any number of workers."""
+
+  def __init__(self, batches: _TrainBatches):
+    super().__init__()
+    self._batches, self._next, self._it = batches, 0, None
+
+  def start_prefetch(self) -> None:
+    if self._it is None:
+      self._it = iter(self._batches.from_batch(self._next))
+    self._it.start_prefetch()
+
+  def __next__(self):
+    self._assert_not_closed()
+    if self._it is None:
+      self._it = iter(self._batches.from_batch(self._next))
+    batch = next(self._it)
+    self._next += 1
+    return batch
+
+  def get_state(self) -> dict:
+    return {'next_index': self._next}
+
+  def set_state(self, state: dict) -> None:
+    self._stop()
+    self._next = int(state['next_index'])
+
+  def _stop(self) -> None:
+    if self._it is not None:
+      self._it.close()
+      self._it = None
+
+  def close(self) -> None:
+    self._stop()
+    super().close()
+
+
+def _train_batch(
+  step: int, idx, *, split: Split, rows, batch_size: int, seed: int, scale: str, shared: bool
+):
+  """Global batch `step` (stream indices `idx`): this process's `rows` of it, read, augmented on
+  the host if the split says so (the record at stream position g with the generator of
+  (seed, g)), and preprocessed. With `shared` (in a grain worker) the host-augmented images are
+  written straight into shared memory, which grain then hands over without another copy."""
+  batch = split.read(np.asarray(idx)[rows])
+  if split.augment is None:
+    return preprocess(batch, scale)
+  shape = (len(rows), *split.image_shape)
+  out = SharedMemoryArray(shape, np.float32) if shared else np.empty(shape, np.float32)
+  for i, (image, g) in enumerate(zip(batch['image'], step * batch_size + rows)):
+    scale_pixels(split.augment(image, np.random.default_rng((seed, int(g)))), scale, out[i])
+  return {'image': out, 'label': batch['label'].astype(np.int32)}
 
 
 def eval_batches(config, split: Split, batch_size: int | None = None):

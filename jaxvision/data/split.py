@@ -17,6 +17,10 @@ class Split:
     fingerprint: the identity of the data read, recorded in run.json and checked on resume.
     read: int64[k] indices -> {input_key: [k, ...], 'label': [k]} numpy arrays.
     input_key: the model's input: 'image' (uint8 pixels) or 'tokens' (int32 ids).
+    augment: (image, np.random.Generator) -> uint8[*image_shape]: the random augmentation that
+      the input pipeline applies to each image it reads (data.augment=inception_crop's train
+      split; `read` then gives the images as stored: encoded bytes or arrays of any size), or
+      None.
   """
 
   name: str
@@ -27,3 +31,4 @@ class Split:
   fingerprint: str
   read: Callable  # int64[k] indices -> dict of numpy arrays with leading dim k
   input_key: str = 'image'  # the model's input: 'image' (uint8 pixels) or 'tokens' (int32 ids)
+  augment: Callable | None = None  # (image, np.random.Generator) -> uint8 image, on the host

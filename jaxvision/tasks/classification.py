@@ -72,7 +72,6 @@ class ClassifierOptions:
   augment: str = 'none'
   shift: int = 2
   fill: float = 0.0  # value of padded pixels: the background
-  image_size: int = 0  # output size of augment='inception_crop'
   label_smoothing: float = 0.0
   freeze: tuple[str, ...] = ()  # regexes of frozen parameter paths (their BatchNorm stats stay too)
   lr: Any = None  # the learning-rate schedule, logged as train/lr
@@ -131,7 +130,6 @@ def init(config, rng, sample_batch) -> TrainState:
     augment=config.data.augment,
     shift=config.data.shift,
     fill=-1.0 if config.data.scale == 'minus_one_one' else 0.0,
-    image_size=config.data.image_size,
     label_smoothing=config.loss.label_smoothing,
     freeze=tuple(config.freeze),
     lr=lr,
@@ -182,7 +180,7 @@ def train_step(
   aug_rng, dropout_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
   x = _inputs(batch)
   if 'image' in batch:  # augmentation is for pixels only
-    x = augment.apply(opts.augment, aug_rng, x, opts.shift, opts.fill, opts.image_size, split)
+    x = augment.apply(opts.augment, aug_rng, x, opts.shift, opts.fill, split)
   model = state.model if split is None else state.model.clone(batch_split=split)
 
   def loss_fn(params):
