@@ -67,10 +67,17 @@ def check_usable(workdir: str) -> None:
     workdir: the resolved workdir.
 
   Raises:
-    WorkdirError: the workdir, or a folder on its way, is a file.
+    WorkdirError: the workdir, or a folder on its way, is a file; or it cannot be read.
   """
   path = epath.Path(workdir)
-  if path.exists() and not path.is_dir():
+  try:
+    is_file = path.exists() and not path.is_dir()
+  except OSError as e:  # gs://: a server that cannot be reached (after gcsfs's retries)
+    raise WorkdirError(
+      f'--workdir {workdir} cannot be read ({type(e).__name__}: {e}); check the path (for '
+      f'gs://: the bucket, the credentials and the network)'
+    ) from e
+  if is_file:
     raise WorkdirError(
       f'--workdir {workdir} is a file, not a directory; give a directory (it is created if missing)'
     )
