@@ -34,6 +34,7 @@ from absl import logging as absl_logging
 from etils import epath
 from jax.experimental import multihost_utils
 
+from jaxvision import paths
 from jaxvision.errors import SaveError, WorkdirError
 
 log = logging.getLogger(__name__)
@@ -92,11 +93,20 @@ def _register_array_handler() -> None:
 _register_array_handler()
 
 
-def _os_error(e: BaseException) -> OSError | None:
-  """The OSError behind an exception (orbax wraps the errors of its write threads), if any."""
+# TensorStore, which writes Orbax's arrays, raises ValueError with the storage's status first; these
+# say that the storage refused or lost the write (a gs:// bucket deleted or not writable, the
+# server unreachable), as an OSError does for a local disk.
+_STORAGE_STATUSES = ('NOT_FOUND:', 'PERMISSION_DENIED:', 'UNAVAILABLE:', 'RESOURCE_EXHAUSTED:')
+
+
+def _os_error(e: BaseException) -> BaseException | None:
+  """The OSError behind an exception (orbax wraps the errors of its write threads), or
+  TensorStore's error of a storage that refused the write; None if there is neither."""
   seen = set()
   while e is not None and id(e) not in seen:
-    if isinstance(e, OSError):
+    if isinstance(e, OSError) or (
+      isinstance(e, ValueError) and str(e).startswith(_STORAGE_STATUSES)
+    ):
       return e
     seen.add(id(e))
     e = e.__cause__ or e.__context__
@@ -324,7 +334,7 @@ class Checkpointer:
     aside = epath.Path(f'{os.fspath(self.directory).rstrip("/")}_unreadable')
     if jax.process_index() == 0:
       with self._os_errors(None):
-        aside.mkdir(parents=True, exist_ok=True)
+        paths.makedirs(aside)
         for step in steps:
           target, n = aside / str(step), 1
           while target.exists():
@@ -342,22 +352,27 @@ class Checkpointer:
 
   @contextlib.contextmanager
   def _os_errors(self, step: int | None):
-    """An exception caused by an OSError becomes a one-line SaveError naming the intact steps."""
+    """An exception caused by an OSError (or a storage's refusal, see `_os_error`) becomes a
+    one-line SaveError naming the intact steps."""
     try:
       yield
     except Exception as e:
       cause = _os_error(e)
       if cause is None:
         raise
-      manager = getattr(self, '_manager', None)
-      good = [s for s in (self.all_steps() if manager else []) if step is None or s < step]
+      try:  # read again: a deleted gs:// bucket holds none any more
+        good = [s for s in steps_in(self.directory) if step is None or s < step]
+      except Exception:
+        good = []
       kept = f'steps {good} are intact' if good else 'no earlier checkpoint exists'
       raise SaveError(
         f'could not write a checkpoint{"" if step is None else f" of step {step}"} in '
-        f'{self.directory}: {type(cause).__name__}: {cause}; free disk space '
-        f'or fix the workdir permissions, then run the same command again ({kept})'
+        f'{self.directory}: {_short(cause)}; free disk space '
+        f'or fix the workdir permissions (a gs:// workdir: its bucket must exist and be '
+        f'writable), then run the same command again ({kept})'
       ) from e
 
   def close(self) -> None:
-    """Waits for pending saves and releases the manager."""
-    self._manager.close()
+    """Waits for pending saves and releases the manager; SaveError as `wait`."""
+    with self._os_errors(None):
+      self._manager.close()

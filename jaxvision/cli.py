@@ -20,7 +20,7 @@ from etils import epath
 from ml_collections import config_flags
 
 from jaxvision import config as config_lib
-from jaxvision import errors, modes, train
+from jaxvision import errors, modes, paths, train, writers
 from jaxvision import workdir as workdir_lib
 
 MODES = ('train', 'eval', 'sample', 'explain')
@@ -187,10 +187,9 @@ def _traceback_file(workdir: str | None) -> str:
   if workdir:
     try:
       path = epath.Path(workdir)
-      path.mkdir(parents=True, exist_ok=True)
+      paths.makedirs(path)
       log = path / 'error.log'
-      with log.open('a') as f:
-        f.write(text)
+      writers.append_text(log, text)  # gs://: the object rewritten whole (GCS cannot append)
       return os.fspath(log)
     except Exception:
       pass
@@ -203,6 +202,11 @@ def _traceback_file(workdir: str | None) -> str:
 def _one_line(e: BaseException) -> str:
   """The first line of an exception's message (500 characters at most), or its type's name."""
   return ((str(e).strip().splitlines() or [''])[0][:500]) or type(e).__name__
+
+
+def _drop_orbax_errors(record) -> bool:
+  """A logging filter: False for Orbax's ERROR records (the failures it then raises)."""
+  return not (record.levelno == std_logging.ERROR and f'{os.sep}orbax{os.sep}' in record.pathname)
 
 
 def run(config, workdir: str, mode: str) -> int:
@@ -224,6 +228,11 @@ def run(config, workdir: str, mode: str) -> int:
   # Reading an unreadable checkpoint step leaves Orbax's asyncio tasks with errors that asyncio
   # prints when they are garbage-collected, dozens of lines each; the loop reports the step once.
   std_logging.getLogger('asyncio').setLevel(std_logging.CRITICAL)
+  # gcsfs logs each failed request with its traceback before it retries or falls back (e.g. to
+  # copy + delete where a server lacks GCS's moveTo), and Orbax each failed background write
+  # before wait_until_finished raises it; what finally fails is reported once, below.
+  std_logging.getLogger('gcsfs').setLevel(std_logging.CRITICAL)
+  std_logging.getLogger('absl').addFilter(_drop_orbax_errors)
   resolved = None
   try:
     resolved = workdir_lib.resolve(workdir)

@@ -9,9 +9,9 @@ import os
 import sys
 
 import ml_collections
-import numpy as np
+from etils import epath
 
-from jaxvision import checkpoint, experiment, tasks, writers
+from jaxvision import checkpoint, experiment, paths, tasks, writers
 from jaxvision import config as config_lib
 from jaxvision import workdir as workdir_lib
 from jaxvision.evaluate import generative
@@ -32,7 +32,7 @@ def export_domain_features(workdir: str, path: str = generative.DOMAIN_WEIGHTS) 
       WorkdirError when it holds no checkpoint.
   """
   workdir = workdir_lib.resolve(workdir)  # Orbax restores from absolute paths only
-  info = writers.read_json(os.path.join(workdir, 'run.json'))
+  info = writers.read_json(epath.Path(workdir) / 'run.json')
   # the run's config over today's defaults: keys added since keep their defaults; the model's
   # fields are the run's own (the defaults hold only the model's name)
   config = config_lib.merge_known(tasks.base_config(info['config']['task']), info['config'])
@@ -42,8 +42,9 @@ def export_domain_features(workdir: str, path: str = generative.DOMAIN_WEIGHTS) 
   exp = experiment.setup(config, workdir, restoring=True)
   step, state = experiment.restore_latest(exp)
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  np.savez(path, **generative.flatten_variables(variables))
+  path = paths.resolve(path)  # local or gs://
+  paths.makedirs(epath.Path(path).parent)
+  writers.save_npz(path, **generative.flatten_variables(variables))
   model = {k: v for k, v in config.model.to_dict().items() if k not in ('name', 'conv_impl')}
   model = {k: tuple(v) if isinstance(v, list) else v for k, v in model.items()}
   meta = {
@@ -56,8 +57,7 @@ def export_domain_features(workdir: str, path: str = generative.DOMAIN_WEIGHTS) 
     'data': info['data'],
     'git_commit': info['git_commit'],
   }
-  with open(os.path.splitext(path)[0] + '.json', 'w', encoding='utf-8') as f:
-    json.dump(meta, f, indent=1)
+  writers.write_text(os.path.splitext(path)[0] + '.json', json.dumps(meta, indent=1))
   return meta
 
 

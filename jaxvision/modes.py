@@ -13,9 +13,9 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image
+from etils import epath
 
-from jaxvision import experiment, grids, parallel, tasks, writers
+from jaxvision import experiment, grids, parallel, paths, tasks, writers
 from jaxvision import workdir as workdir_lib
 from jaxvision.data import pipeline
 from jaxvision.errors import ConfigError
@@ -86,19 +86,17 @@ def sample(config, workdir: str) -> dict:
     compiler_options=parallel.compiler_options(config),
   )
   images = grids.to_uint8(draw(state, key, n, labels))
-  out = os.path.join(workdir, 'samples', f'step_{step}')
+  out = os.fspath(epath.Path(workdir) / 'samples' / f'step_{step}')
   if jax.process_index() == 0:
     for moved in workdir_lib.set_aside(out, out + '.npz'):
       print(f'moved the earlier samples to {moved}', file=sys.stderr)
-    os.makedirs(out, exist_ok=True)
+    paths.makedirs(out)
     for i, image in enumerate(images):
-      Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(
-        os.path.join(out, f'{i:05d}.png')
-      )
+      writers.save_png(epath.Path(out) / f'{i:05d}.png', image)
     # a self-conditioned GAN's cluster ids are no class labels: saved apart, so CAS and
     # data.synthetic (which need 'labels') cannot take them for classes
     tag = 'clusters' if config.data.clusters else 'labels'
-    np.savez(out + '.npz', images=images, **({} if labels is None else {tag: labels}))
+    writers.save_npz(out + '.npz', images=images, **({} if labels is None else {tag: labels}))
   return {'step': step, 'samples': n, 'written': out}
 
 
@@ -145,12 +143,12 @@ def explain(config, workdir: str) -> dict:
   delta = np.asarray(jnp.take_along_axis(logits - f_base, pred[:, None], 1)[:, 0])
   total = np.asarray(ig.reshape(n, -1).sum(1))
   images = x if config.data.scale == 'zero_one' else (x + 1.0) / 2.0
-  out = os.path.join(workdir, 'explain')
+  out = os.fspath(epath.Path(workdir) / 'explain')
   rows = []
   if jax.process_index() == 0:
     for moved in workdir_lib.set_aside(out):
       print(f'moved the earlier explanations to {moved}', file=sys.stderr)
-    os.makedirs(out, exist_ok=True)
+    paths.makedirs(out)
   for i in range(n):
     t, p = int(labels[i]), int(pred[i])
     rows.append(
@@ -164,9 +162,10 @@ def explain(config, workdir: str) -> dict:
       }
     )
     if jax.process_index() == 0:
-      explain_lib.figure(
+      figure = explain_lib.figure(
         np.asarray(images[i]), np.asarray(sal[i]), np.asarray(ig[i]), f'true {t}  pred {p}'
-      ).save(os.path.join(out, f'{i:03d}_true{t}_pred{p}.png'))
+      )
+      writers.save_png(epath.Path(out) / f'{i:03d}_true{t}_pred{p}.png', figure)
   summary = {
     'step': step,
     'steps': int(config.explain.steps),
@@ -174,8 +173,7 @@ def explain(config, workdir: str) -> dict:
     'max_completeness_error': max(r['completeness_error'] for r in rows),
   }
   if jax.process_index() == 0:
-    with open(os.path.join(out, 'summary.json'), 'w', encoding='utf-8') as f:
-      json.dump(summary, f, indent=1)
+    writers.write_text(epath.Path(out) / 'summary.json', json.dumps(summary, indent=1))
   return {
     'step': step,
     'explained': n,

@@ -26,9 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import traverse_util
 
-from jaxvision import checkpoint, models, pretrained
+from jaxvision import checkpoint, models, paths, pretrained
 from jaxvision.errors import ConfigError
 from jaxvision.optim import compile_patterns, frozen_mask, matches, path_str
 
@@ -54,18 +55,19 @@ def check_freeze(config, abstract_params) -> None:
 def _state_dir(path: str) -> str:
   """The `state` item of the checkpoint that `path` names: a workdir (its latest step), a
   checkpoint step directory, or that step's `state` directory; ConfigError if it holds none."""
-  path = os.path.abspath(os.path.expanduser(path))
-  if not os.path.exists(path):
+  path = paths.resolve(path)  # local or gs://
+  root = epath.Path(path)
+  if not root.exists():
     raise ConfigError(
       f'init_from.path={path!r} does not exist; give a workdir of a finished run, a checkpoint '
       f'step directory or a weights file ({", ".join(pretrained.EXTENSIONS)})'
     )
-  steps = checkpoint.steps_in(os.path.join(path, 'checkpoints'))
+  steps = checkpoint.steps_in(os.fspath(root / 'checkpoints'))
   if steps:  # a workdir: its latest complete step, as Orbax lists them
-    return os.path.join(path, 'checkpoints', str(steps[-1]), 'state')
-  if os.path.isdir(os.path.join(path, 'state')):
-    return os.path.join(path, 'state')
-  if os.path.exists(os.path.join(path, '_METADATA')):
+    return os.fspath(root / 'checkpoints' / str(steps[-1]) / 'state')
+  if (root / 'state').is_dir():
+    return os.fspath(root / 'state')
+  if (root / '_METADATA').exists():
     return path
   raise ConfigError(
     f'init_from.path={path!r} holds no checkpoint; give a workdir of a finished run, '
@@ -113,7 +115,7 @@ def _read_source(config, params, batch_stats):
     print(f'init_from: {note}')
   info = {
     'path': path,
-    'file': os.path.abspath(os.path.expanduser(path)),
+    'file': paths.resolve(path),
     'format': converted.format,
     'file_sha256': converted.sha256,
   }

@@ -15,7 +15,7 @@ import socket
 
 from etils import epath
 
-from jaxvision import models, tasks, writers
+from jaxvision import models, paths, tasks, writers
 from jaxvision.errors import SaveError, WorkdirError
 
 # Keys that may change between a run and its resumption without changing the result.
@@ -43,8 +43,9 @@ RESUMABLE_KEYS = (
 
 
 def resolve(path: str) -> str:
-  """The workdir as every later step uses it: `~` expanded, local paths absolute (symlinks kept
-  as the user wrote them), remote URLs (gs://, s3://) unchanged.
+  """The workdir as every later step uses it: `paths.resolve` (`~` expanded, local paths
+  absolute with symlinks kept as the user wrote them, remote URLs such as gs://bucket/run
+  unchanged), after checking that it is not empty.
 
   Args:
     path: --workdir as typed.
@@ -58,9 +59,7 @@ def resolve(path: str) -> str:
   path = os.fspath(path)
   if not path.strip():
     raise WorkdirError('--workdir is empty; give a directory, e.g. --workdir runs/my_run')
-  if '://' in path:
-    return path.rstrip('/')
-  return os.path.abspath(os.path.expanduser(path))
+  return paths.resolve(path)
 
 
 def check_usable(workdir: str) -> None:
@@ -70,14 +69,21 @@ def check_usable(workdir: str) -> None:
     workdir: the resolved workdir.
 
   Raises:
-    WorkdirError: the workdir, or a folder on its way, is a file.
+    WorkdirError: the workdir, or a folder on its way, is a file; or it cannot be read.
   """
   path = epath.Path(workdir)
-  if path.exists() and not path.is_dir():
+  try:
+    is_file = path.exists() and not path.is_dir()
+  except OSError as e:  # gs://: a server that cannot be reached (after gcsfs's retries)
+    raise WorkdirError(
+      f'--workdir {workdir} cannot be read ({type(e).__name__}: {e}); check the path (for '
+      f'gs://: the bucket, the credentials and the network)'
+    ) from e
+  if is_file:
     raise WorkdirError(
       f'--workdir {workdir} is a file, not a directory; give a directory (it is created if missing)'
     )
-  if '://' in workdir:
+  if paths.is_remote(workdir):
     return
   parent = os.path.dirname(workdir)
   while parent and not os.path.exists(parent):
@@ -96,7 +102,7 @@ def create(workdir: str) -> None:
     SaveError: (exit 4) it cannot be created or written to.
   """
   try:
-    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    paths.makedirs(workdir)
     # one probe per process: the processes of a multi-host run share the workdir
     probe = epath.Path(workdir) / f'.jaxvision_write_test.{socket.gethostname()}.{os.getpid()}'
     probe.write_text('')
@@ -171,7 +177,7 @@ def check_config(config, workdir: str) -> None:
   Raises:
     WorkdirError: a key outside `RESUMABLE_KEYS` differs, unless config.allow_config_change.
   """
-  info = writers.read_json(os.path.join(workdir, 'run.json'))
+  info = writers.read_json(epath.Path(workdir) / 'run.json')
   if info is None or config.allow_config_change:
     return
   old, new = _flat(info['config']), _flat(_jsonable(config.to_dict()))
@@ -206,7 +212,7 @@ def check_data(config, workdir: str, fingerprints: dict) -> None:
     WorkdirError: a split's fingerprint differs from run.json's, unless
       config.allow_config_change.
   """
-  info = writers.read_json(os.path.join(workdir, 'run.json'))
+  info = writers.read_json(epath.Path(workdir) / 'run.json')
   if info is None or config.allow_config_change or 'data' not in info:
     return
   for split in ('train', 'eval'):

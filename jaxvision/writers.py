@@ -1,26 +1,107 @@
 """Where a run writes: metrics.jsonl, TensorBoard event files, run.json, PNG grids.
 
+Every file goes through etils.epath, so a workdir may be local or remote (gs://...). Object
+stores cannot append (gcsfs opens mode 'a' as 'w', replacing the object), so a file that grows
+(metrics.jsonl, error.log; the TensorBoard events, see `MetricWriter`) is uploaded whole for a
+remote workdir at each write; an upload replaces the object atomically, so a killed run leaves
+the last written version, never half a file. Local files are appended to as before.
+
 Only process 0 writes; the others get a writer that does nothing.
 """
 
+import contextlib
 import io
 import json
 import os
+import shutil
+import tempfile
 import time
 
 import numpy as np
+from etils import epath
 from PIL import Image
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-from jaxvision.errors import WorkdirError
+from jaxvision import paths
+from jaxvision.errors import SaveError, WorkdirError
+
+
+@contextlib.contextmanager
+def _writing(path):
+  """An OSError while writing `path` (a full disk, a gs:// bucket deleted or not writable: gcsfs
+  raises FileNotFoundError / PermissionError) becomes a one-line SaveError (exit 4)."""
+  try:
+    yield
+  except OSError as e:
+    raise SaveError(
+      f'could not write {os.fspath(path)}: {type(e).__name__}: {e.strerror or e}; free disk '
+      f'space or fix the workdir permissions (a gs:// workdir: its bucket must exist and be '
+      f'writable), then run the same command again (the checkpoints saved before are intact)'
+    ) from e
+
+
+class AppendFile:
+  """A UTF-8 text file that grows by appends, local or remote (see the module's docstring)."""
+
+  def __init__(self, path):
+    """Opens `path` for appending (created if missing).
+
+    Args:
+      path: the file (str or epath.Path).
+    """
+    self.path = epath.Path(path)
+    self._local = None
+    self._content = None
+    if paths.is_remote(self.path):
+      self._content = self.path.read_text(encoding='utf-8') if self.path.exists() else ''
+    else:
+      self._local = self.path.open('a')  # UTF-8; open for the file's life, closed by close()
+
+  @property
+  def name(self) -> str:
+    """The file's path."""
+    return os.fspath(self.path)
+
+  def write(self, text: str) -> None:
+    """Appends `text` and flushes it to the file (a remote one: uploads the whole file)."""
+    with _writing(self.path):
+      if self._local is not None:
+        self._local.write(text)
+        self._local.flush()
+      else:
+        self._content += text
+        self.path.write_text(self._content, encoding='utf-8')
+
+  def close(self) -> None:
+    """Closes the file (a remote one is already whole)."""
+    if self._local is not None:
+      self._local.close()
+
+
+def append_text(path, text: str) -> None:
+  """Appends `text` to the file `path`, local or remote.
+
+  Args:
+    path: the file (created if missing).
+    text: what to append.
+  """
+  f = AppendFile(path)
+  try:
+    f.write(text)
+  finally:
+    f.close()
 
 
 class MetricWriter:
   """Scalars to WORKDIR/metrics.jsonl (one JSON object per event) and TensorBoard.
 
   TensorBoard events go through `tensorboard`'s own event-file writer and summary protos (not
-  tensorboardX, whose import pulls in PyTorch wherever it is installed: seconds per run)."""
+  tensorboardX, whose import pulls in PyTorch wherever it is installed: seconds per run). Without
+  TensorFlow that writer reaches gs:// through its fsspec stub, whose appends gcsfs turns into
+  overwrites (each flush would replace the file with its last records); so for a remote workdir
+  it writes to a local temporary directory and every flush uploads the whole events file to the
+  workdir through epath."""
 
   def __init__(self, workdir: str, enabled: bool = True):
     """Opens WORKDIR/metrics.jsonl for appending and a TensorBoard event file.
@@ -32,11 +113,17 @@ class MetricWriter:
     self.enabled = enabled
     self._jsonl = None
     self._tb = None
+    self._workdir = epath.Path(workdir)
+    self._tb_local = None  # the local directory of a remote workdir's events
     if enabled:
-      os.makedirs(workdir, exist_ok=True)
-      # open for the writer's life, closed by close()
-      self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a', encoding='utf-8')  # noqa: SIM115
-      self._tb = EventFileWriter(workdir, flush_secs=30)
+      paths.makedirs(self._workdir)
+      self._jsonl = AppendFile(self._workdir / 'metrics.jsonl')
+      if paths.is_remote(workdir):
+        self._tb_local = tempfile.mkdtemp(prefix='jaxvision-events-')
+        self._tb = EventFileWriter(self._tb_local, flush_secs=30)
+        self._upload_events()
+      else:
+        self._tb = EventFileWriter(os.fspath(workdir), flush_secs=30)
 
   def write(self, step: int, scalars: dict) -> None:
     """Appends one event {'step': step, **scalars} and the TensorBoard scalars.
@@ -49,7 +136,6 @@ class MetricWriter:
       return
     scalars = {k: float(v) for k, v in scalars.items()}
     self._jsonl.write(json.dumps({'step': int(step), **scalars}) + '\n')
-    self._jsonl.flush()
     self._add(step, [summary_pb2.Summary.Value(tag=k, simple_value=v) for k, v in scalars.items()])
 
   def write_images(self, step: int, images: dict) -> None:
@@ -79,28 +165,51 @@ class MetricWriter:
         wall_time=time.time(), step=int(step), summary=summary_pb2.Summary(value=values)
       )
     )
+    if self._tb_local is not None:
+      self._upload_events()
+
+  def _upload_events(self) -> None:
+    """A remote workdir: the local events file, flushed, uploaded whole to the workdir."""
+    self._tb.flush()
+    for name in os.listdir(self._tb_local):
+      with open(os.path.join(self._tb_local, name), 'rb') as f, _writing(self._workdir / name):
+        (self._workdir / name).write_bytes(f.read())
 
   def close(self) -> None:
     """Flushes and closes both files."""
     if self.enabled:
       self._jsonl.close()
-      self._tb.close()
+      self._tb.close()  # a remote workdir's events are uploaded by every _add
+      if self._tb_local is not None:
+        shutil.rmtree(self._tb_local, ignore_errors=True)
 
 
 def _events(path: str) -> list[tuple[dict | None, str]]:
   """(event, line) of every line of a metrics.jsonl; event None for a line that is not a whole
   JSON object (the last line of a run killed while writing it)."""
   out = []
-  with open(path, encoding='utf-8') as f:
-    for line in f:
-      if not line.strip():
-        continue
-      try:
-        event = json.loads(line)
-      except ValueError:
-        event = None
-      out.append((event if isinstance(event, dict) and 'step' in event else None, line))
+  for line in io.StringIO(epath.Path(path).read_text(encoding='utf-8'), newline=None):
+    if not line.strip():
+      continue
+    try:
+      event = json.loads(line)
+    except ValueError:
+      event = None
+    out.append((event if isinstance(event, dict) and 'step' in event else None, line))
   return out
+
+
+def _replace(path: epath.Path, text: str) -> None:
+  """Writes `text` as the whole file `path`, atomically: a local file through a temporary file
+  and a rename; a remote object by one upload (which replaces an object whole; a rename there
+  would be a copy and a delete)."""
+  with _writing(path):
+    if paths.is_remote(path):
+      path.write_text(text, encoding='utf-8')
+      return
+    tmp = path.with_name(path.name + '.tmp')
+    tmp.write_text(text, encoding='utf-8')
+    tmp.replace(path)
 
 
 def truncate_metrics(workdir: str, after_step: int) -> None:
@@ -112,8 +221,8 @@ def truncate_metrics(workdir: str, after_step: int) -> None:
     workdir: the run directory.
     after_step: the step the run resumes from (0 for a new run).
   """
-  path = os.path.join(workdir, 'metrics.jsonl')
-  if not os.path.exists(path):
+  path = epath.Path(workdir) / 'metrics.jsonl'
+  if not path.exists():
     return
   events = _events(path)
   lines = [
@@ -123,10 +232,7 @@ def truncate_metrics(workdir: str, after_step: int) -> None:
   ]
   if len(lines) == len(events) and all(kept == line for kept, (_, line) in zip(lines, events)):
     return  # nothing to drop: the file is left untouched
-  tmp = path + '.tmp'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    f.writelines(lines)
-  os.replace(tmp, path)
+  _replace(path, ''.join(lines))
 
 
 def has_eval(workdir: str, step: int) -> bool:
@@ -139,8 +245,8 @@ def has_eval(workdir: str, step: int) -> bool:
   Returns:
     True if an event of `step` has an 'eval/' key.
   """
-  path = os.path.join(workdir, 'metrics.jsonl')
-  return os.path.exists(path) and any(
+  path = epath.Path(workdir) / 'metrics.jsonl'
+  return path.exists() and any(
     event is not None and event['step'] == step and any(k.startswith('eval/') for k in event)
     for event, _ in _events(path)
   )
@@ -177,16 +283,53 @@ def write_pngs(directory: str, step: int, images: dict) -> None:
   Raises:
     ValueError: a grid is not uint8 [H, W, 1 or 3].
   """
-  os.makedirs(directory, exist_ok=True)
+  directory = epath.Path(directory)
+  paths.makedirs(directory)
   for name, grid in images.items():
-    _pil(_check_grid(name, grid)).save(os.path.join(directory, f'{name}_step_{int(step)}.png'))
+    save_png(directory / f'{name}_step_{int(step)}.png', _check_grid(name, grid))
 
 
-def read_json(path: str) -> dict | None:
+def save_png(path, image) -> None:
+  """Writes one image as a PNG file, local or remote.
+
+  Args:
+    path: the file (str or epath.Path).
+    image: uint8 [H, W], [H, W, 1] or [H, W, 3], or a PIL image.
+  """
+  if not isinstance(image, Image.Image):
+    image = np.asarray(image)
+    image = _pil(image) if image.ndim == 3 else Image.fromarray(image)
+  with _writing(path), epath.Path(path).open('wb') as f:  # PIL writes to epath's file object
+    image.save(f, format='PNG')
+
+
+def save_npz(path, **arrays) -> None:
+  """Writes arrays as an .npz (np.savez), local or remote.
+
+  Args:
+    path: the file (str or epath.Path), named as given (no '.npz' is added).
+    **arrays: name -> array.
+  """
+  with _writing(path), epath.Path(path).open('wb') as f:
+    np.savez(f, **arrays)
+
+
+def write_text(path, text: str) -> None:
+  """Writes `text` as the whole file `path` (UTF-8), local or remote.
+
+  Args:
+    path: the file (str or epath.Path).
+    text: its content.
+  """
+  with _writing(path):
+    epath.Path(path).write_text(text, encoding='utf-8')
+
+
+def read_json(path) -> dict | None:
   """The JSON object in `path`, or None if there is no such file.
 
   Args:
-    path: a JSON file (run.json).
+    path: a JSON file (run.json; str or epath.Path).
 
   Returns:
     The parsed object, or None.
@@ -194,25 +337,23 @@ def read_json(path: str) -> dict | None:
   Raises:
     WorkdirError: the file is not valid JSON.
   """
-  if not os.path.exists(path):
+  path = epath.Path(path)
+  if not path.exists():
     return None
-  with open(path, encoding='utf-8') as f:
-    try:
-      return json.load(f)
-    except ValueError as e:
-      raise WorkdirError(
-        f'{path} is not valid JSON ({e}); move it away or use another --workdir'
-      ) from e
+  try:
+    return json.loads(path.read_text(encoding='utf-8'))
+  except ValueError as e:
+    raise WorkdirError(
+      f'{path} is not valid JSON ({e}); move it away or use another --workdir'
+    ) from e
 
 
-def write_json(path: str, obj: dict) -> None:
-  """Writes `obj` to `path` atomically (a temporary file, then a rename).
+def write_json(path, obj: dict) -> None:
+  """Writes `obj` to `path` atomically (a local file: a temporary file, then a rename; a remote
+  one: one upload).
 
   Args:
-    path: the file.
+    path: the file (str or epath.Path).
     obj: a dict; values JSON cannot hold are written as strings.
   """
-  tmp = path + '.tmp'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump(obj, f, indent=2, sort_keys=True, default=str)
-  os.replace(tmp, path)
+  _replace(epath.Path(path), json.dumps(obj, indent=2, sort_keys=True, default=str))

@@ -136,13 +136,41 @@ def clone_root(tmp_path_factory):
   return root
 
 
-def run_py(*args, cwd, tfds_dir: str, timeout: float = 300, env: dict | None = None):
+# run.py in a process that sends itself SIGTERM once it has written the metrics of step
+# $SIGTERM_AT_STEP (default 5); with $SIGTERM_PROCESS set, only the process whose --process_id
+# it names does ('' : none). Run as `python -c SIGTERM_AT_STEP <run.py's flags>` from the root.
+SIGTERM_AT_STEP = """
+import os, runpy, signal, sys
+from jaxvision import writers
+write = writers.MetricWriter.write
+def write_then_sigterm(self, step, scalars):
+  write(self, step, scalars)
+  process = os.environ.get('SIGTERM_PROCESS')
+  if step == int(os.environ.get('SIGTERM_AT_STEP', '5')) and (
+    process is None or f'--process_id={process}' in sys.argv
+  ):
+    os.kill(os.getpid(), signal.SIGTERM)
+writers.MetricWriter.write = write_then_sigterm
+sys.argv = ['run.py'] + sys.argv[1:]
+runpy.run_path('run.py', run_name='__main__')
+"""
+
+
+def run_py(
+  *args,
+  cwd,
+  tfds_dir: str,
+  timeout: float = 300,
+  env: dict | None = None,
+  program: tuple = ('run.py',),
+):
   """`python run.py *args` in `cwd` as a user types it; returns (CompletedProcess, seconds). The
   TFDS data dir comes from the environment (TFDS_DATA_DIR: mnist10k prepares itself there), not
-  from a --config override, so the command is the one a user would type."""
+  from a --config override, so the command is the one a user would type. `program` replaces
+  'run.py' (e.g. ('-c', SIGTERM_AT_STEP): run.py with a hook)."""
   start = time.perf_counter()
   proc = subprocess.run(
-    [sys.executable, 'run.py', *args],
+    [sys.executable, *program, *args],
     cwd=cwd,
     capture_output=True,
     text=True,

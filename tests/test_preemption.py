@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from conftest import two_processes
+from conftest import SIGTERM_AT_STEP, two_processes
 from jaxvision import checkpoint, errors, experiment, parallel, train, writers
 from jaxvision.data import pipeline
 
@@ -154,25 +154,10 @@ def test_blocking_saves_train_the_run_that_async_saves_train(make_config, uninte
   assert _evals(workdir) == _evals(reference)
 
 
-# run.py in a process that sends itself SIGTERM at its step-5 metrics when SIGTERM_PROCESS names it.
-_SIGTERM_ONE_PROCESS = """
-import os, runpy, signal, sys
-from jaxvision import writers
-write = writers.MetricWriter.write
-def write_then_sigterm(self, step, scalars):
-  write(self, step, scalars)
-  if step == 5 and os.environ.get('SIGTERM_PROCESS') == sys.argv[-1].split('=')[1]:
-    os.kill(os.getpid(), signal.SIGTERM)
-writers.MetricWriter.write = write_then_sigterm
-sys.argv = ['run.py'] + sys.argv[1:]
-runpy.run_path('run.py', run_name='__main__')
-"""
-
-
 def _two_processes(workdir, tfds_dir, sigterm_process=None):
   """Two processes x 4 CPU devices on 127.0.0.1 train configs/cnn.py:smoke for 60 steps."""
   return two_processes(
-    ['-c', _SIGTERM_ONE_PROCESS],
+    ['-c', SIGTERM_AT_STEP],
     [
       '--config',
       'configs/cnn.py:smoke',

@@ -30,6 +30,7 @@ from absl import flags
 from absl import logging as absl_logging
 from grain.multiprocessing import SharedMemoryArray
 
+from jaxvision import paths
 from jaxvision.data import clusters, images, mnist10k, sequences, subset, synthetic, text
 from jaxvision.data.split import Split
 from jaxvision.errors import DataError
@@ -40,8 +41,18 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
 def _data_dir(data_config) -> str | None:
-  """data.tfds_dir, or None for TFDS's default."""
-  return data_config.tfds_dir or None
+  """data.tfds_dir resolved (`paths.resolve`), or None for TFDS's default; DataError for a URL:
+  TFDS finds a dataset there through etils.epath, but array_record opens its files with its own
+  local file I/O (without TensorFlow: measured, preparing fails and reading a copied dataset
+  hangs)."""
+  data_dir = paths.resolve(data_config.tfds_dir)
+  if paths.is_remote(data_dir):
+    raise DataError(
+      f'data.tfds_dir={data_config.tfds_dir!r}: TFDS array_record files are read with local '
+      f'file I/O; copy the prepared dataset to a local directory (or mount the bucket, e.g. '
+      f'with gcsfuse) and give that path'
+    )
+  return data_dir or None
 
 
 def builder(data_config):

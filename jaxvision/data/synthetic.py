@@ -14,7 +14,9 @@ import dataclasses
 import hashlib
 
 import numpy as np
+from etils import epath
 
+from jaxvision import paths
 from jaxvision.errors import DataError
 
 MODES = ('add', 'only')
@@ -24,7 +26,7 @@ def load(path: str, image_shape, num_classes: int) -> dict:
   """The generated examples of an .npz from --mode sample, checked against the dataset.
 
   Args:
-    path: the .npz (uint8 `images`, int `labels`).
+    path: the .npz (uint8 `images`, int `labels`), local or gs://.
     image_shape: the real split's image shape.
     num_classes: the real split's number of classes.
 
@@ -36,7 +38,7 @@ def load(path: str, image_shape, num_classes: int) -> dict:
       images of another dtype or shape, or labels outside [0, num_classes).
   """
   try:
-    with np.load(path) as f:
+    with epath.Path(paths.resolve(path)).open('rb') as file, np.load(file) as f:
       arrays = {k: np.asarray(f[k]) for k in f.files}
   except (OSError, ValueError) as e:
     raise DataError(
@@ -76,8 +78,8 @@ def mix(split, synthetic_config):
   if synthetic_config.mode not in MODES:
     raise DataError(f'data.synthetic.mode={synthetic_config.mode!r}; use one of {", ".join(MODES)}')
   fake = load(synthetic_config.path, split.image_shape, split.num_classes)
-  with open(synthetic_config.path, 'rb') as f:
-    digest = hashlib.sha256(f.read()).hexdigest()[:16]
+  digest = hashlib.sha256(epath.Path(paths.resolve(synthetic_config.path)).read_bytes())
+  digest = digest.hexdigest()[:16]
   n = len(fake['label'])
   if synthetic_config.mode == 'only':
     read = lambda idx: {k: v[idx] for k, v in fake.items()}

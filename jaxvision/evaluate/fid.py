@@ -20,16 +20,17 @@ The file serves `--config.eval.fid_stats` (eval/fid against these statistics) an
 """
 
 import functools
-import os
 import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
+from etils import epath
 from flax import traverse_util
 from ml_collections import config_flags
 
+from jaxvision import paths
 from jaxvision.data import pipeline
 from jaxvision.errors import BadInput, ConfigError
 from jaxvision.models import inception
@@ -95,7 +96,8 @@ def save_stats(path: str, mu, sigma) -> None:
   mu, sigma = np.asarray(mu), np.asarray(sigma)
   if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
     raise ValueError(f'mu [d] and sigma [d, d] needed, not {mu.shape} and {sigma.shape}')
-  np.savez_compressed(path, mu=mu, sigma=sigma)
+  with epath.Path(paths.resolve(path)).open('wb') as f:  # local or gs://
+    np.savez_compressed(f, mu=mu, sigma=sigma)
 
 
 def load_stats(path: str, dims: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -111,10 +113,10 @@ def load_stats(path: str, dims: int | None = None) -> tuple[np.ndarray, np.ndarr
   Raises:
     ConfigError: `path` is not a file or not such an .npz, or its d is not `dims`.
   """
-  if not os.path.isfile(path):
+  if not epath.Path(paths.resolve(path)).is_file():
     raise ConfigError(f'eval.fid_stats={path!r} is not a file; give a pytorch-fid .npz of mu/sigma')
   try:
-    with np.load(path) as f:
+    with epath.Path(paths.resolve(path)).open('rb') as file, np.load(file) as f:
       mu, sigma = np.asarray(f['mu'], np.float64), np.asarray(f['sigma'], np.float64)
   except (KeyError, ValueError, OSError) as e:
     raise ConfigError(f'eval.fid_stats={path}: not an .npz of mu and sigma ({e})') from None
@@ -174,7 +176,7 @@ class InceptionFeatures(BatchedFeatures):
       ConfigError: `path` is not a file, or lacks a variable of the model or has one of another
         shape.
     """
-    if not os.path.isfile(path):
+    if not epath.Path(paths.resolve(path)).is_file():
       raise ConfigError(
         f'eval.inception_weights={path!r} is not a file; give an .npz of Inception-v3 '
         f'variables or leave eval.inception_weights empty'
@@ -183,7 +185,7 @@ class InceptionFeatures(BatchedFeatures):
     want = traverse_util.flatten_dict(
       jax.eval_shape(self.model.init, jax.random.PRNGKey(0), jnp.zeros((1, 75, 75, 3))), sep='/'
     )
-    with np.load(path) as f:
+    with epath.Path(paths.resolve(path)).open('rb') as file, np.load(file) as f:
       flat = {k: np.asarray(v) for k, v in f.items()}
     for key, spec in want.items():
       if key not in flat or flat[key].shape != spec.shape:

@@ -25,11 +25,12 @@ jaxvision/transfer.py (re-initialised, or excluded with init_from.exclude).
 
 import dataclasses
 import hashlib
-import os
 
 import numpy as np
 import safetensors.numpy
+from etils import epath
 
+from jaxvision import paths
 from jaxvision.errors import ConfigError
 from jaxvision.pretrained import convert, resnet, torch_file, vit
 
@@ -62,8 +63,9 @@ class Converted:
 
 
 def is_weights_file(path: str) -> bool:
-  """`path` is a file (init_from then converts it; a directory is a jaxvision workdir)."""
-  return os.path.isfile(os.path.expanduser(path))
+  """`path` (local or gs://) is a file (init_from then converts it; a directory is a jaxvision
+  workdir)."""
+  return epath.Path(paths.resolve(path)).is_file()
 
 
 def check_path(path: str) -> None:
@@ -94,19 +96,21 @@ def read(path: str) -> dict[str, np.ndarray]:
   Raises:
     ConfigError: (one line) an unknown extension, or a file its reader cannot read.
   """
-  path = os.path.expanduser(path)
   check_path(path)
   lower = path.lower()
-  try:
-    if lower.endswith('.safetensors'):
-      return dict(safetensors.numpy.load_file(path))
-    if lower.endswith('.npz'):
-      with np.load(path, allow_pickle=False) as f:
-        return {k: f[k] for k in f.files}
-  except Exception as e:  # OSError, a bad zip, a pickled .npz, safetensors' own errors
-    first = (str(e).strip().splitlines() or [''])[0]
-    raise ConfigError(f'init_from.path={path!r} cannot be read: {type(e).__name__}: {first}') from e
-  return torch_file.read(path)
+  with epath.Path(paths.resolve(path)).open('rb') as file:  # local or gs://
+    try:
+      if lower.endswith('.safetensors'):
+        return dict(safetensors.numpy.load(file.read()))
+      if lower.endswith('.npz'):
+        with np.load(file, allow_pickle=False) as f:
+          return {k: f[k] for k in f.files}
+    except Exception as e:  # OSError, a bad zip, a pickled .npz, safetensors' own errors
+      first = (str(e).strip().splitlines() or [''])[0]
+      raise ConfigError(
+        f'init_from.path={path!r} cannot be read: {type(e).__name__}: {first}'
+      ) from e
+    return torch_file.read(path, file)
 
 
 def _detected(arrays: dict) -> str | None:
@@ -153,7 +157,7 @@ def detect(arrays: dict, path: str) -> str:
 def sha256(path: str) -> str:
   """The sha256 hex digest of a file."""
   h = hashlib.sha256()
-  with open(os.path.expanduser(path), 'rb') as f:
+  with epath.Path(paths.resolve(path)).open('rb') as f:
     for chunk in iter(lambda: f.read(1 << 20), b''):
       h.update(chunk)
   return h.hexdigest()

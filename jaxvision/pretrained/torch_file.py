@@ -96,12 +96,14 @@ def _flatten(tree, prefix: str = '') -> dict:
   return out
 
 
-def read(path: str) -> dict[str, np.ndarray]:
+def read(path: str, file=None) -> dict[str, np.ndarray]:
   """The arrays of a `torch.save`d state dict, by their PyTorch names.
 
   Args:
     path: a .pth/.pt file written by `torch.save(model.state_dict(), path)` (zip format); a
       dict that nests the state dict (e.g. {'state_dict': ...}) is flattened with '.'.
+    file: `path` opened for reading in binary mode (seekable; e.g. by etils.epath, for a
+      gs:// path), or None: open `path` here.
 
   Returns:
     {'layer1.0.conv1.weight': np.ndarray, ...} in the tensors' own dtypes (bf16 as float32).
@@ -110,12 +112,13 @@ def read(path: str) -> dict[str, np.ndarray]:
     ConfigError: the file is not a zip-format torch.save file, or holds something other than
       tensors.
   """
-  if not zipfile.is_zipfile(path):
+  source = path if file is None else file
+  if not zipfile.is_zipfile(source):
     raise ConfigError(
       f'{path} is not a PyTorch state dict of the zip format (torch.save since PyTorch 1.6); '
       f'resave it with torch.save(torch.load(path), path)'
     )
-  with zipfile.ZipFile(path) as archive:
+  with zipfile.ZipFile(source) as archive:
     pkl = [n for n in archive.namelist() if n.endswith('/data.pkl') or n == 'data.pkl']
     if not pkl:
       raise ConfigError(f'{path} is a zip file but not a torch.save file (no data.pkl)')
