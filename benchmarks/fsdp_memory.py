@@ -1,18 +1,25 @@
-"""Per-device memory of a ViT train step: data parallel vs FSDP on 1, 2, 4 and 8 devices, or
-any data x fsdp x model meshes (FSDP + tensor parallelism).
+"""Per-device memory of a ViT (or ResNet-50) train step: data parallel vs FSDP on 1, 2, 4 and 8
+devices, any data x fsdp x model meshes (FSDP + tensor parallelism), or each block rematerialised.
 
     python benchmarks/fsdp_memory.py                       # ViT-B/16 at 224x224, 1000 classes
     python benchmarks/fsdp_memory.py --dim 192 --depth 4   # smaller, faster to compile
     python benchmarks/fsdp_memory.py --vit B/16 L/16 --meshes 8x1x1,1x8x1,2x2x2,4x1x2,1x4x2,2x1x4 \\
         --json benchmarks/results/vit_memory.json          # data x fsdp x model on 8 devices
+    python benchmarks/fsdp_memory.py --remat --resnet50 --vit B/16 --meshes 1x1x1,1x8x1 \\
+        --per_device_batch 16 32 --cpu_schedulers default,memory \\
+        --json benchmarks/results/remat_memory.json        # model.remat off -> on
 
-Nothing is allocated and nothing runs: the step (configs/vit.py's classification
-train_step, AdamW) is compiled for each mesh over forced CPU host devices with
-abstract inputs, and XLA's memory analysis gives the bytes one device holds:
-'arguments' = its shard of the train state (params, both Adam moments, step, key)
-plus its rows of the batch, 'temporaries' = activations and gradients.
-The per-device batch is fixed (--per_device_batch), so the global batch is that times
-the mesh's devices, split over its data x fsdp axes.
+Nothing is allocated and nothing runs: the step (the classification train_step of configs/vit.py,
+AdamW, or of configs/resnet.py:imagenet, SGD + momentum, both without augmentation) is compiled
+for each mesh over forced CPU host devices with abstract inputs, and XLA's memory analysis gives
+the bytes one device holds: 'arguments' = its shard of the train state (params, optimizer state,
+BatchNorm statistics, step, key) plus its rows of the batch, 'temporaries' = activations and
+gradients. The per-device batch is fixed (--per_device_batch), so the global batch is that times
+the mesh's devices, split over its data x fsdp axes. `--remat` measures every row with
+model.remat off and on (each residual or encoder block's activations recomputed in the backward
+pass instead of stored): the activations the forward pass keeps for the backward pass (jax's
+own count, before XLA schedules the step) and the temporaries under each of XLA:CPU's
+schedulers named in --cpu_schedulers.
 """
 
 import argparse
@@ -37,21 +44,51 @@ from jaxvision import models, parallel, tasks  # noqa: E402
 
 VIT_B16 = dict(patch=16, dim=768, depth=12, heads=12, mlp_dim=3072, num_classes=1000)
 VITS = {'B/16': VIT_B16, 'L/16': dict(VIT_B16, dim=1024, depth=24, heads=16, mlp_dim=4096)}
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
 
 
 def vit_config(image_size: int, **model) -> ml_collections.ConfigDict:
-  path = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs', 'vit.py'
-  )
-  c = config_lib.from_file(path, 'cifar10')
+  """configs/vit.py:cifar10 with `model` changed, at `image_size`, without augmentation."""
+  c = config_lib.from_file(os.path.join(CONFIGS, 'vit.py'), 'cifar10')
   c.model.update(model)
   c.data.image_size = image_size
   c.data.augment = 'none'
   return c
 
 
-def abstract_step(config, mesh_shape: tuple[int, int, int], per_device_batch: int):
+def resnet50_config(image_size: int, **model) -> ml_collections.ConfigDict:
+  """configs/resnet.py:imagenet (ResNet-50) with `model` changed, at `image_size`, without
+  augmentation (the preset's Inception crop would make the step take larger images)."""
+  c = config_lib.from_file(os.path.join(CONFIGS, 'resnet.py'), 'imagenet')
+  c.model.update(model)
+  c.data.image_size = image_size
+  c.data.augment = 'none'
+  return c
+
+
+# XLA:CPU's instruction schedulers (the `xla_cpu_scheduler_type` compiler option): the default
+# one orders the step for concurrency; the memory-optimised one for the least live memory.
+CPU_SCHEDULERS = {'default': None, 'memory': 'CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED'}
+
+
+def _abstract_state(config):
+  """The task's initial state of `config`, as shapes."""
+  task = tasks.get(config.task)
+  size = config.data.image_size
+  sample = {'image': jnp.zeros((1, size, size, 3)), 'label': jnp.zeros((1,), jnp.int32)}
+  return jax.eval_shape(lambda rng: task.init(config, rng, sample), jax.random.PRNGKey(0))
+
+
+def abstract_step(
+  config, mesh_shape: tuple[int, int, int], per_device_batch: int, scheduler: str = 'default'
+):
   """The train step compiled for a (data, fsdp, model) mesh on the first devices, from shapes.
+
+  Args:
+    config: the experiment config.
+    mesh_shape: (data, fsdp, model) sizes.
+    per_device_batch: images per device (the global batch is this times the devices).
+    scheduler: a key of `CPU_SCHEDULERS` (only XLA:CPU reads the option).
 
   Returns:
     (compiled step, abstract state, its shardings).
@@ -62,20 +99,24 @@ def abstract_step(config, mesh_shape: tuple[int, int, int], per_device_batch: in
   )
   task = tasks.get(config.task)
   size = config.data.image_size
-  sample = {'image': jnp.zeros((1, size, size, 3)), 'label': jnp.zeros((1,), jnp.int32)}
-  state = jax.eval_shape(lambda rng: task.init(config, rng, sample), jax.random.PRNGKey(0))
+  state = _abstract_state(config)
   batch = {
     'image': jax.ShapeDtypeStruct((per_device_batch * devices, size, size, 3), jnp.float32),
     'label': jax.ShapeDtypeStruct((per_device_batch * devices,), jnp.int32),
   }
-  shardings = parallel.state_sharding(mesh, state, models.SHARDING_RULES['vit'])
-  step = parallel.jit_train_step(task.train_step, shardings, mesh)
+  shardings = parallel.state_sharding(mesh, state, models.SHARDING_RULES.get(config.model.name, ()))
+  options = dict(parallel.compiler_options(config) or {})
+  if CPU_SCHEDULERS[scheduler]:
+    options['xla_cpu_scheduler_type'] = CPU_SCHEDULERS[scheduler]
+  step = parallel.jit_train_step(task.train_step, shardings, mesh, options or None)
   return step.lower(state, batch).compile(), state, shardings
 
 
-def measure(config, mesh_shape: tuple[int, int, int], per_device_batch: int) -> dict:
+def measure(
+  config, mesh_shape: tuple[int, int, int], per_device_batch: int, scheduler: str = 'default'
+) -> dict:
   """Per-device bytes of the train step on a (data, fsdp, model) mesh of the first devices."""
-  compiled, state, _ = abstract_step(config, mesh_shape, per_device_batch)
+  compiled, state, _ = abstract_step(config, mesh_shape, per_device_batch, scheduler)
   stats = compiled.memory_analysis()
   return {
     'params': sum(x.size for x in jax.tree_util.tree_leaves(state.params)),
@@ -83,6 +124,36 @@ def measure(config, mesh_shape: tuple[int, int, int], per_device_batch: int) -> 
     'outputs': int(stats.output_size_in_bytes),
     'temporaries': int(stats.temp_size_in_bytes),
   }
+
+
+def saved_activations(config, images: int) -> int:
+  """Bytes that the train step's forward pass keeps for its backward pass, for `images` images
+  on one device: `jax.vjp`'s residuals of the model's train-mode apply (as the task calls it),
+  less those that are its inputs (params, batch statistics, images). This is what model.remat
+  changes, before any compiler schedules the step."""
+  state = _abstract_state(config)
+  model = models.get(config.model)
+  size = config.data.image_size
+  found = {}
+
+  def residuals(params, batch_stats, x):
+    forward = lambda p: model.apply(
+      {'params': p, 'batch_stats': batch_stats},
+      x,
+      train=True,
+      rngs={'dropout': jax.random.PRNGKey(0)},
+      mutable=['batch_stats'],
+    )[0]
+    _, backward = jax.vjp(forward, params)
+    inputs = {id(leaf) for leaf in jax.tree_util.tree_leaves((params, batch_stats, x))}
+    found['bytes'] = sum(
+      r.size * r.dtype.itemsize for r in jax.tree_util.tree_leaves(backward) if id(r) not in inputs
+    )
+    return 0
+
+  x = jax.ShapeDtypeStruct((images, size, size, 3), jnp.float32)
+  jax.eval_shape(residuals, state.params, state.batch_stats, x)
+  return int(found['bytes'])
 
 
 def mib(b: float) -> str:
@@ -123,30 +194,119 @@ def meshes_table(vits: dict, meshes: list, image_size: int, per_device_batch: in
   return rows
 
 
+def remat_table(configs: dict, meshes: list, batches: list, schedulers: list) -> list:
+  """Every model on every mesh at every per-device batch, with model.remat off and on, side by
+  side: the activations kept for the backward pass and the compiled step's temporaries under
+  each XLA:CPU scheduler; then both per image between the smallest and largest batch.
+
+  Returns:
+    The rows, one per (model, mesh, batch, remat).
+  """
+  temps = ' | '.join(f'temporaries, {s} schedule' for s in schedulers)
+  print(
+    f'| model | data x fsdp x model | images per device | state + batch | '
+    f'activations kept for the backward pass | {temps} |'
+  )
+  print('| --- ' * (5 + len(schedulers)) + '|')
+  rows = []
+  for name, config in configs.items():
+    for shape in meshes:
+      for batch in batches:
+        pair = {}
+        for remat in (False, True):
+          c = config.copy_and_resolve_references()
+          c.model.remat = remat
+          row = {'model': name, 'mesh': dict(zip(parallel.AXES, shape)), 'per_device_batch': batch}
+          row.update(remat=remat, **{k: v for k, v in c.model.items() if k != 'remat'})
+          row['saved_activations'] = saved_activations(c, batch * shape[2])
+          for scheduler in schedulers:
+            m = measure(c, shape, batch, scheduler)
+            row.update({k: v for k, v in m.items() if k != 'temporaries'})
+            row[f'temporaries_{scheduler}_schedule'] = m['temporaries']
+          rows.append(row)
+          pair[remat] = row
+        off, on = pair[False], pair[True]
+        both = lambda key, off=off, on=on: f'{mib(off[key])} -> {mib(on[key])}'
+        cells = ' | '.join(both(f'temporaries_{s}_schedule') for s in schedulers)
+        print(
+          f'| {name} | {"x".join(map(str, shape))} | {batch} | {mib(off["arguments"])} | '
+          f'{both("saved_activations")} | {cells} |',
+          flush=True,
+        )
+  if len(batches) > 1:
+    low, high = min(batches), max(batches)
+    keys = ['saved_activations'] + [f'temporaries_{s}_schedule' for s in schedulers]
+    print(f'\nper image (batch {low} -> {high}), MiB, off -> remat: {", ".join(keys)}')
+    for name in configs:
+      for shape in meshes:
+        at = {
+          (r['per_device_batch'], r['remat']): r
+          for r in rows
+          if r['model'] == name and tuple(r['mesh'].values()) == shape
+        }
+        per = lambda key, remat, at=at: (at[high, remat][key] - at[low, remat][key]) / (high - low)
+        cells = ', '.join(f'{mib(per(k, False))} -> {mib(per(k, True))}' for k in keys)
+        print(f'{name} {"x".join(map(str, shape))}: {cells}')
+  return rows
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--image_size', type=int, default=224)
-  parser.add_argument('--per_device_batch', type=int, default=2)
+  parser.add_argument(
+    '--per_device_batch',
+    type=int,
+    nargs='+',
+    default=[2],
+    help='images per device; with --remat several (the temporaries per image between them)',
+  )
   for key in VIT_B16:
     parser.add_argument(f'--{key}', type=int, help='overrides the --vit preset')
-  parser.add_argument('--vit', nargs='+', choices=sorted(VITS), default=['B/16'])
+  parser.add_argument(
+    '--vit', nargs='*', choices=sorted(VITS), default=['B/16'], help='(none: no ViT)'
+  )
+  parser.add_argument(
+    '--resnet50', action='store_true', help='with --remat: also configs/resnet.py:imagenet'
+  )
   parser.add_argument(
     '--meshes', help='comma-separated DATAxFSDPxMODEL sizes, e.g. 2x2x2,4x1x2 (default: DP vs FSDP)'
   )
+  parser.add_argument(
+    '--remat', action='store_true', help='each row with model.remat off and on (needs --meshes)'
+  )
+  parser.add_argument(
+    '--cpu_schedulers',
+    default='default',
+    help=f'with --remat: comma-separated XLA:CPU schedulers, of {", ".join(CPU_SCHEDULERS)}',
+  )
   parser.add_argument('--json', help='with --meshes: write the rows to this file')
   args = parser.parse_args(argv)
+  if (args.remat or args.resnet50) and not args.meshes:
+    parser.error('--remat and --resnet50 need --meshes (e.g. --meshes 1x1x1,1x8x1)')
+  if args.resnet50 and not args.remat:
+    parser.error('--resnet50 is measured with --remat')
+  if len(args.per_device_batch) > 1 and not args.remat:
+    parser.error('several --per_device_batch values need --remat')
   overrides = {k: getattr(args, k) for k in VIT_B16 if getattr(args, k) is not None}
   vits = {name: dict(VITS[name], **overrides) for name in args.vit}
   print(
-    f'ViT {vits} at {args.image_size}x{args.image_size}, AdamW, '
-    f'{args.per_device_batch} images per device; MiB per device'
+    f'ViT {vits}{" and ResNet-50" if args.resnet50 else ""} at {args.image_size}x'
+    f'{args.image_size}, {args.per_device_batch} images per device; MiB per device'
   )
   if not args.meshes:
     for model in vits.values():
-      devices_table(vit_config(args.image_size, **model), args.per_device_batch)
+      devices_table(vit_config(args.image_size, **model), args.per_device_batch[0])
     return
   meshes = [tuple(int(s) for s in m.split('x')) for m in args.meshes.split(',')]
-  rows = meshes_table(vits, meshes, args.image_size, args.per_device_batch)
+  if args.remat:
+    configs = {'ResNet-50': resnet50_config(args.image_size)} if args.resnet50 else {}
+    configs.update({f'ViT-{n}': vit_config(args.image_size, **m) for n, m in vits.items()})
+    schedulers = args.cpu_schedulers.split(',')
+    if not set(schedulers) <= set(CPU_SCHEDULERS):
+      parser.error(f'--cpu_schedulers {args.cpu_schedulers}: use names of {list(CPU_SCHEDULERS)}')
+    rows = remat_table(configs, meshes, args.per_device_batch, schedulers)
+  else:
+    rows = meshes_table(vits, meshes, args.image_size, args.per_device_batch[0])
   if args.json:
     with open(args.json, 'w', encoding='utf-8') as f:
       json.dump(
@@ -155,7 +315,7 @@ def main(argv=None):
           'date': datetime.date.today().isoformat(),
           'jax': jax.__version__,
           'image_size': args.image_size,
-          'per_device_batch': args.per_device_batch,
+          'per_device_batch': (args.per_device_batch if args.remat else args.per_device_batch[0]),
           'rows': rows,
         },
         f,

@@ -54,6 +54,7 @@ JAX_VARIANTS = {
   'xla_conv': {'model.conv_impl': 'xla'},
   'xla_conv_noynn': {'model.conv_impl': 'xla', 'cpu_convolutions': 'xla'},
   'im2col_conv': {'model.conv_impl': 'im2col'},
+  'remat': {'model.remat': True},  # ResNet, ViT: each block recomputed in the backward pass
 }
 
 
@@ -204,18 +205,24 @@ def load_config(name: str, batch: int):
   file, preset = torch_models.config_file(name)
   config = config_lib.from_file(os.path.join(ROOT, 'configs', file), preset)
   config.data.batch_size = batch
-  config.eval.fd_samples = 0  # eval-only metrics: setup would load the domain classifier for them
+  if 'eval' in config:  # a task key (gan, vae, diffusion), not a classifier's
+    config.eval.fd_samples = 0  # eval-only metrics: setup would load the domain classifier for them
   config.train.progress = False
   return config
 
 
 def jax_variant(name: str, variant: str, batch: int, local_batch: dict):
   """(runner, compile seconds) for an extra jax column: the product step with another conv_impl
-  and/or config.cpu_convolutions; None where the variant does not apply to the model."""
+  and/or config.cpu_convolutions, or model.remat on; None where the variant does not apply to
+  the model."""
   from jaxvision import experiment
 
   config = load_config(name, batch)
   overrides = JAX_VARIANTS[variant]
+  if 'model.remat' in overrides:
+    if 'remat' not in config.model:
+      return None
+    config.model.remat = overrides['model.remat']
   conv_impl = overrides.get('model.conv_impl')
   if conv_impl is not None:
     if 'conv_impl' not in config.model or config.model.conv_impl == conv_impl:

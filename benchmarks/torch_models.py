@@ -403,7 +403,9 @@ class ConvVAE(nn.Module):
 
 
 def _model_kwargs(config) -> dict:
-  kw = {k: v for k, v in config.model.to_dict().items() if k not in ('name', 'conv_impl')}
+  # conv_impl and remat change how jax computes the model, not the model.
+  skip = ('name', 'conv_impl', 'remat')
+  kw = {k: v for k, v in config.model.to_dict().items() if k not in skip}
   return {k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()}
 
 

@@ -33,6 +33,7 @@ def get_config(preset: str = ''):
       'stem': 'cifar',
       'conv_impl': 'xla',
       'bn_momentum': 0.9,
+      'remat': False,  # True: recompute each block's activations in the backward pass
     }
   )
   c.optim.weight_decay = 5e-4

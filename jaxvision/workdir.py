@@ -39,7 +39,8 @@ RESUMABLE_KEYS = (
   'mesh.fsdp',
   'mesh.model',
   'parallel',
-)  # restores onto any mesh
+  'model.remat',
+)  # restores onto any mesh; remat recomputes the same function
 
 
 def resolve(path: str) -> str:

@@ -3,6 +3,7 @@
 import chex
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -122,3 +123,21 @@ def test_model_registry_rejects_unknown_fields(make_config):
   with pytest.raises(config_lib.ConfigError, match='model.widht is not a field of model .cnn.'):
     tasks.validate(config)
   assert isinstance(models.get(make_config('cnn').model), cnn.CNN)
+
+
+@pytest.mark.parametrize('name', ['resnet', 'vit'])
+def test_model_switches_must_be_bools(make_config, name):
+  """model.remat (like every field typed bool) is True or False: a config that writes 1 or 'yes'
+  is refused in one line, where the number checks would have taken 1 for a width. (An override
+  of a key the config holds is type-checked by ml_collections already.)"""
+  config = make_config(name)
+  assert config.model.remat is False and models.defaults(name)['remat'] is False
+  tasks.validate(config)
+  config.model.remat = True
+  tasks.validate(config)
+  for bad in (1, 0, 'yes'):
+    config.model = ml_collections.ConfigDict({**config.model.to_dict(), 'remat': bad})
+    with pytest.raises(
+      config_lib.ConfigError, match=rf'^model.remat={bad!r} must be True or False$'
+    ):
+      tasks.validate(config)

@@ -221,6 +221,19 @@ def test_a_model_key_newer_than_the_workdir_matches_the_models_default(finished_
     workdir_lib.check_config(other, str(tmp_path))
 
 
+def test_remat_may_change_between_a_run_and_its_resumption(make_config, tmp_path):
+  """model.remat recomputes the same function with the same state tree (tests/test_recognition.py),
+  so a run resumes with it switched either way; a key that changes the model is still refused."""
+  config = make_config('resnet')
+  with open(os.path.join(tmp_path, 'run.json'), 'w') as f:
+    json.dump({'config': config.to_dict()}, f)
+  config.model.remat = True
+  workdir_lib.check_config(config, str(tmp_path))
+  config.model.width = 4
+  with pytest.raises(errors.WorkdirError, match=r'\(model.width: 8 -> 4\)'):
+    workdir_lib.check_config(config, str(tmp_path))
+
+
 def test_resuming_on_other_data_is_refused_before_compute_and_the_workdir_kept(
   finished_run, tmp_path
 ):

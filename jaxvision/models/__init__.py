@@ -73,11 +73,13 @@ def check_kwargs(model_config) -> None:
     model_config: config.model; its `name` must be a key of `MODELS`.
 
   Raises:
-    ConfigError: (one line) a key that is not a field of the model, a rate outside [0, 1), a
-      width or size below its minimum, or a `conv_impl` not in `CONV_IMPLS`.
+    ConfigError: (one line) a key that is not a field of the model, a switch (a field typed
+      `bool`, e.g. `remat`) that is not True or False, a rate outside [0, 1), a width or size
+      below its minimum, or a `conv_impl` not in `CONV_IMPLS`.
   """
   cls = MODELS[model_config.name]
-  allowed = [f.name for f in _fields(cls)]
+  fields = {f.name: f for f in _fields(cls)}
+  allowed = list(fields)
   for key in model_config:
     if key == 'name':
       continue
@@ -87,6 +89,10 @@ def check_kwargs(model_config) -> None:
         f'its fields are: {", ".join(allowed)}'
       )
     value = model_config[key]
+    if fields[key].type in (bool, 'bool'):
+      if not isinstance(value, bool):
+        raise ConfigError(f'model.{key}={value!r} must be True or False')
+      continue
     values = tuple(value) if isinstance(value, (tuple, list)) else (value,)
     numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
     if key in _RATES:

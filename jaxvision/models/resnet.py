@@ -9,6 +9,11 @@ the output of a bottleneck); stages after the first halve the resolution.
   ResNet-18:          stage_sizes=(2, 2, 2, 2), block='basic', width=64
   ResNet-50:          stage_sizes=(3, 4, 6, 3), block='bottleneck', width=64, stem='imagenet'
 
+`remat=True` wraps each residual block in `flax.linen.remat`: its activations are recomputed in
+the backward pass instead of stored (one more forward pass of the blocks per step; the memory
+it saves depends on the compiler's schedule, see docs/performance.md); the parameter paths, the
+batch statistics and the function are those of `remat=False`.
+
 BatchNorm statistics live in the `batch_stats` collection. Under `jax.jit`
 with the batch sharded over devices, the batch mean and variance are
 computed over the *global* batch (XLA inserts the cross-device reduction), so
@@ -111,6 +116,8 @@ class ResNet(nn.Module):
     frozen_batchnorm: every BatchNorm normalises with its running averages, in training too, and
       never updates them (torchvision's FrozenBatchNorm2d): a frozen pretrained backbone computes
       the same features in training and at eval.
+    remat: recompute each residual block's activations in the backward pass instead of storing
+      them (`flax.linen.remat`); the same parameters, statistics and function.
     batch_split: the pmap path's batch layout (train steps); None under jit.
   """
 
@@ -123,6 +130,7 @@ class ResNet(nn.Module):
   padding: str = 'same'
   bn_momentum: float = 0.9
   frozen_batchnorm: bool = False
+  remat: bool = False
   batch_split: parallel.BatchSplit | None = None  # the pmap path's batch layout (train steps)
 
   @nn.compact
@@ -172,6 +180,8 @@ class ResNet(nn.Module):
     if self.stem == 'imagenet':
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     block = BasicBlock if self.block == 'basic' else BottleneckBlock
+    if self.remat:  # the same module names, hence the same parameter paths
+      block = nn.remat(block)
     for i, n in enumerate(self.stage_sizes):
       for j in range(n):
         strides = 2 if i > 0 and j == 0 else 1

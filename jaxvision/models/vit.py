@@ -7,6 +7,10 @@ must divide into patches: a 28x28 image takes patch 4 or 7, 32x32 takes 4 or 8.
 `dropout` acts after the attention and in the MLP (as in big_vision), not on the
 attention weights.
 
+`remat=True` wraps each encoder block in `flax.linen.remat`: its activations are recomputed in
+the backward pass instead of stored; the parameter paths (and so `SHARDING_RULES`), the dropout
+masks and the function are those of `remat=False`.
+
 `SHARDING_RULES` say how the blocks split over a mesh's model axis (Megatron-style
 tensor parallelism, applied from outside by jaxvision/parallel.py): each head's
 query, key and value projections live on one shard, which computes that head's
@@ -95,12 +99,12 @@ class EncoderBlock(nn.Module):
   gelu: str = 'tanh'
 
   @nn.compact
-  def __call__(self, x, *, train: bool):
+  def __call__(self, x, train: bool):
     """Applies the block.
 
     Args:
       x: tokens f32[B, L, D].
-      train: dropout on.
+      train: dropout on (a Python bool, positional so that `nn.remat` can take it as static).
 
     Returns:
       f32[B, L, D].
@@ -132,6 +136,8 @@ class ViT(nn.Module):
     pool: 'cls' (a learned class token, read by the head) or 'mean' (mean over the tokens).
     gelu: the MLP's GELU: 'tanh' (flax's approximation, as big_vision) or 'erf' (exact, as
       PyTorch and timm; for their weights, see jaxvision/pretrained).
+    remat: recompute each encoder block's activations in the backward pass instead of storing
+      them (`flax.linen.remat`); the same parameters, dropout masks and function.
     batch_split: the pmap path's batch layout (train steps); None under jit.
   """
 
@@ -144,6 +150,7 @@ class ViT(nn.Module):
   dropout: float = 0.0
   pool: str = 'cls'
   gelu: str = 'tanh'
+  remat: bool = False
   batch_split: parallel.BatchSplit | None = None  # the pmap path's batch layout (train steps)
 
   @nn.compact
@@ -170,10 +177,12 @@ class ViT(nn.Module):
       cls = self.param('cls_token', nn.initializers.zeros_init(), (1, 1, self.dim))
       tokens = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, self.dim)), tokens], axis=1)
     tokens = PositionEmbedding()(tokens)
+    # `train` is a Python bool: static for remat (argument 2 of __call__, counting self).
+    block = nn.remat(EncoderBlock, static_argnums=(2,)) if self.remat else EncoderBlock
     for i in range(self.depth):
-      tokens = EncoderBlock(
+      tokens = block(
         self.heads, self.mlp_dim, self.dropout, self.batch_split, self.gelu, name=f'block{i + 1}'
-      )(tokens, train=train)
+      )(tokens, train)
     tokens = nn.LayerNorm(name='norm')(tokens)
     pooled = tokens[:, 0] if self.pool == 'cls' else jnp.mean(tokens, axis=1)
     logits = nn.Dense(self.num_classes, name='head', kernel_init=nn.initializers.zeros_init())(
