@@ -16,7 +16,7 @@ from jax.sharding import PartitionSpec as P
 from conftest import init_variables
 from jaxvision import config as config_lib
 from jaxvision import experiment, models, parallel, tasks, train
-from jaxvision.data import augment, images, pipeline
+from jaxvision.data import images, pipeline
 from jaxvision.models import attention, resnet, vit
 
 
@@ -207,19 +207,6 @@ def test_remat_trains_the_same_steps(make_config, tmp_path, name, parallel_mode,
   chex.assert_trees_all_close(on[1:], off[1:], rtol=1e-5, atol=1e-7)
   if name == 'vit':
     chex.assert_trees_all_equal(on, off)
-
-
-def test_inception_crop_is_keyed_and_full_area_crop_is_a_resize():
-  images = jax.random.uniform(jax.random.PRNGKey(0), (4, 16, 16, 3))
-  a = augment.inception_crop(jax.random.PRNGKey(1), images, 8)
-  chex.assert_shape(a, (4, 8, 8, 3))
-  chex.assert_trees_all_equal(a, augment.inception_crop(jax.random.PRNGKey(1), images, 8))
-  assert not np.allclose(a, augment.inception_crop(jax.random.PRNGKey(2), images, 8))
-  # min_area=1 on a square image: the crop is the whole image (ratio clipped), resized.
-  full = augment.inception_crop(
-    jax.random.PRNGKey(3), images[:1, :, :, :1] * 0 + 0.5, 8, min_area=1.0
-  )
-  np.testing.assert_allclose(full, 0.5, atol=1e-5)
 
 
 def test_resize_center_crop_keeps_the_centre():
