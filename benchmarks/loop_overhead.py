@@ -24,10 +24,11 @@ overhead` (wall) also counts setup and compilation. The run's time inside evals,
 checkpoint saves, metric writes and batch feeding (measured by wrapping those functions) is
 printed as a breakdown. Target: loop overhead < 5 %.
 
-`--checkpoints both` runs the loop twice between the two step timings, first with Orbax's
+`--checkpoints both` runs the loop four times between the two step timings: with Orbax's
 asynchronous saves (`train.async_checkpoints=True`, the default: a save returns once the
-arrays are off the devices and the write overlaps the next steps), then with blocking ones,
-and reports each run's overhead against the same step time.
+arrays are off the devices and the write overlaps the next steps), with blocking ones, again
+blocking, again asynchronous; each run's overhead is against the same step time, and
+`by_mode` has each mode's mean.
 """
 
 import argparse
@@ -176,7 +177,7 @@ def main(argv=None):
     '--checkpoints',
     choices=('async', 'sync', 'both'),
     default='async',
-    help='train.async_checkpoints of the run; both: one run each, async first',
+    help='train.async_checkpoints of the run; both: two runs each (async, sync, sync, async)',
   )
   ap.add_argument('--out', default='', help='also write the result as JSON here')
   args = ap.parse_args(argv)
@@ -201,7 +202,11 @@ def main(argv=None):
 
   before = step_alone(config, args.alone_steps)
   runs = []
-  for mode in ('async', 'sync') if args.checkpoints == 'both' else (args.checkpoints,):
+  # both: async, sync, sync, async (ABBA), so that a drift of the machine's speed over the four
+  # runs falls on both modes alike; each mode's figures are the mean of its two runs
+  for mode in (
+    ('async', 'sync', 'sync', 'async') if args.checkpoints == 'both' else (args.checkpoints,)
+  ):
     config.train.async_checkpoints = mode == 'async'
     runs.append(run_loop(config, mode))
   after = step_alone(config, args.alone_steps)
@@ -258,6 +263,26 @@ def main(argv=None):
       f'{run["loop_cpu_overhead_pct"]:+.1f} % (target < 5 %); wall with setup and compilation '
       f'{run["total_overhead_pct"]:+.1f} %'
     )
+  by_mode = {}
+  for run in runs:
+    by_mode.setdefault('async' if run['async_checkpoints'] else 'sync', []).append(run)
+  result['by_mode'] = {
+    mode: {
+      key: statistics.mean(r[key] for r in group)
+      for key in ('loop_s', 'loop_cpu_s', 'loop_overhead_pct', 'loop_cpu_overhead_pct')
+    }
+    | {'checkpoint_save_s': statistics.mean(r['phases_s'].get('checkpoint save', 0) for r in group)}
+    for mode, group in by_mode.items()
+  }
+  if len(by_mode) > 1:
+    print()
+    for mode, m in result['by_mode'].items():
+      print(
+        f'{mode} checkpoints, mean of {len(by_mode[mode])} runs: loop {m["loop_s"]:.1f} s, '
+        f'overhead wall {m["loop_overhead_pct"]:+.1f} %, '
+        f'CPU time {m["loop_cpu_overhead_pct"]:+.1f} %, '
+        f'inside save calls {m["checkpoint_save_s"]:.2f} s'
+      )
   if args.out:
     with open(args.out, 'w') as f:
       json.dump(result, f, indent=1)
