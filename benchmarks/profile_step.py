@@ -130,7 +130,8 @@ def profile(name: str, overrides: list[str], batch: int, steps: int, trace_dir: 
 
   config = config_lib.from_file(os.path.join(ROOT, 'configs', f'{name}.py'))
   config.data.batch_size = batch
-  config.eval.fd_samples = 0
+  if 'eval' in config:  # a task key (gan, vae, diffusion), not a classifier's
+    config.eval.fd_samples = 0
   config.train.progress = False
   for item in overrides:  # KEY=VALUE, the value cast to the type of the config's current one
     key, value = item.split('=', 1)

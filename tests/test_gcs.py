@@ -64,6 +64,7 @@ class Gcs:
     self.url, self.tfds_dir = url, tfds_dir
     # gcsfs's core class (its default adds a bucket-type lookup on Google's control API)
     self.fs = gcsfs_core.GCSFileSystem(endpoint_url=url, token='anon')
+    self.buckets = set()
     self.env = {
       'STORAGE_EMULATOR_HOST': url,  # gcsfs
       'TENSORSTORE_GCS_HTTP_URL': url,  # TensorStore
@@ -74,15 +75,22 @@ class Gcs:
 
   def bucket(self, name: str) -> str:
     self.fs.mkdir(name)
+    self.buckets.add(name)
     return name
 
   def run(self, *args, program=('run.py',), env=None):
-    before = sorted(os.listdir(ROOT))
+    before = set(os.listdir(ROOT))
     proc, seconds = run_py(
       *args, cwd=ROOT, tfds_dir=self.tfds_dir, env={**self.env, **(env or {})}, program=program
     )
-    # nothing local named after the gs:// path (a 'gs:' folder), nor anything else in the cwd
-    assert sorted(os.listdir(ROOT)) == before, proc.stderr[-2000:]
+    # nothing local named after a gs:// path: a 'gs:' folder (what a URL taken for a relative
+    # path becomes), a bucket's name, or the default workdirs' 'runs' (other tests, on the
+    # other worker, may add their own caches to the root meanwhile: those are not checked)
+    new = set(os.listdir(ROOT)) - before
+    assert not [n for n in new if n.startswith('gs') or n in self.buckets | {'runs'}], (
+      sorted(new),
+      proc.stderr[-2000:],
+    )
     return proc
 
   def json(self, path: str) -> dict:
