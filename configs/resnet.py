@@ -33,6 +33,8 @@ def get_config(preset: str = ''):
       'stem': 'cifar',
       'conv_impl': 'xla',
       'bn_momentum': 0.9,
+      'padding': 'same',  # 'torch': torchvision's padding of the strided convs (its public weights)
+      'frozen_batchnorm': False,  # True: BatchNorm uses its running statistics in training too
       'remat': False,  # True: recompute each block's activations in the backward pass
     }
   )

@@ -26,6 +26,7 @@ def get_config(preset: str = ''):
       'mlp_dim': 192,
       'dropout': 0.0,
       'pool': 'cls',
+      'gelu': 'tanh',  # 'erf': timm's exact GELU (its public weights)
       'remat': False,  # True: recompute each block's activations in the backward pass
     }
   )

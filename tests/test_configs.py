@@ -8,7 +8,7 @@ import pytest
 
 from conftest import ROOT, load_config
 from jaxvision import config as config_lib
-from jaxvision import tasks, train, writers
+from jaxvision import models, tasks, train, writers
 
 NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 'configs', '*.py')))
 
@@ -19,6 +19,18 @@ def _fake_samples(path):
     path, images=rng.integers(0, 256, (64, 28, 28, 1), dtype=np.uint8), labels=np.arange(64) % 10
   )
   return str(path)
+
+
+@pytest.mark.parametrize('name', ['resnet', 'vit'])
+def test_the_resnet_and_vit_configs_name_every_field_of_their_model(name):
+  """`--config.model.X=...` only sets a key the config names: these two name every field, so the
+  public-weight fields (padding, frozen_batchnorm, gelu) and remat can be set on the command
+  line, and they hold the model's defaults."""
+  config = config_lib.from_file(os.path.join(ROOT, 'configs', f'{name}.py'))
+  fields = {f.name for f in models._fields(models.MODELS[config.model.name])}
+  assert fields <= set(config.model) and models.defaults(name).items() >= {
+    (k, v) for k, v in config.model.items() if k in ('padding', 'frozen_batchnorm', 'gelu', 'remat')
+  }
 
 
 @pytest.mark.parametrize('name', NAMES)
