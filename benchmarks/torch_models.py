@@ -402,10 +402,19 @@ class ConvVAE(nn.Module):
 # ------------------------------------------------------------------ build
 
 
+# Model fields the twins implement at one value only (the jaxvision default): the public-weight
+# variants (torchvision's padding, frozen BatchNorm, exact GELU) have no twin here.
+_DEFAULT_ONLY = {'padding': 'same', 'frozen_batchnorm': False, 'gelu': 'tanh'}
+
+
 def _model_kwargs(config) -> dict:
   # conv_impl and remat change how jax computes the model, not the model.
-  skip = ('name', 'conv_impl', 'remat')
-  kw = {k: v for k, v in config.model.to_dict().items() if k not in skip}
+  skip = ('name', 'conv_impl', 'remat', *_DEFAULT_ONLY)
+  model = config.model.to_dict()
+  for key, value in _DEFAULT_ONLY.items():
+    if model.get(key, value) != value:
+      raise ValueError(f'the torch twins implement model.{key}={value!r} only, not {model[key]!r}')
+  kw = {k: v for k, v in model.items() if k not in skip}
   return {k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()}
 
 
