@@ -314,6 +314,22 @@ def save_npz(path, **arrays) -> None:
     np.savez(f, **arrays)
 
 
+def load_npz(path) -> dict[str, np.ndarray]:
+  """The arrays of an .npz (np.load), local or remote; the counterpart of `save_npz`.
+
+  Args:
+    path: the file (str or epath.Path; resolved as every user path is, see `paths.resolve`).
+
+  Returns:
+    {name: array}, read whole.
+
+  Raises:
+    OSError, ValueError: the file cannot be read or is not an .npz (np.load's errors).
+  """
+  with epath.Path(paths.resolve(path)).open('rb') as file, np.load(file) as f:
+    return {k: np.asarray(f[k]) for k in f.files}
+
+
 def write_text(path, text: str) -> None:
   """Writes `text` as the whole file `path` (UTF-8), local or remote.
 

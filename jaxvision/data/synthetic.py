@@ -16,7 +16,7 @@ import hashlib
 import numpy as np
 from etils import epath
 
-from jaxvision import paths
+from jaxvision import paths, writers
 from jaxvision.errors import DataError
 
 MODES = ('add', 'only')
@@ -38,8 +38,7 @@ def load(path: str, image_shape, num_classes: int) -> dict:
       images of another dtype or shape, or labels outside [0, num_classes).
   """
   try:
-    with epath.Path(paths.resolve(path)).open('rb') as file, np.load(file) as f:
-      arrays = {k: np.asarray(f[k]) for k in f.files}
+    arrays = writers.load_npz(path)
   except (OSError, ValueError) as e:
     raise DataError(
       f'data.synthetic.path={path!r} cannot be read ({type(e).__name__}); write it with '

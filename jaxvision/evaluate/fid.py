@@ -30,7 +30,7 @@ from etils import epath
 from flax import traverse_util
 from ml_collections import config_flags
 
-from jaxvision import paths
+from jaxvision import paths, writers
 from jaxvision.data import pipeline
 from jaxvision.errors import BadInput, ConfigError
 from jaxvision.models import inception
@@ -116,8 +116,8 @@ def load_stats(path: str, dims: int | None = None) -> tuple[np.ndarray, np.ndarr
   if not epath.Path(paths.resolve(path)).is_file():
     raise ConfigError(f'eval.fid_stats={path!r} is not a file; give a pytorch-fid .npz of mu/sigma')
   try:
-    with epath.Path(paths.resolve(path)).open('rb') as file, np.load(file) as f:
-      mu, sigma = np.asarray(f['mu'], np.float64), np.asarray(f['sigma'], np.float64)
+    f = writers.load_npz(path)
+    mu, sigma = np.asarray(f['mu'], np.float64), np.asarray(f['sigma'], np.float64)
   except (KeyError, ValueError, OSError) as e:
     raise ConfigError(f'eval.fid_stats={path}: not an .npz of mu and sigma ({e})') from None
   if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
@@ -185,8 +185,7 @@ class InceptionFeatures(BatchedFeatures):
     want = traverse_util.flatten_dict(
       jax.eval_shape(self.model.init, jax.random.PRNGKey(0), jnp.zeros((1, 75, 75, 3))), sep='/'
     )
-    with epath.Path(paths.resolve(path)).open('rb') as file, np.load(file) as f:
-      flat = {k: np.asarray(v) for k, v in f.items()}
+    flat = writers.load_npz(path)
     for key, spec in want.items():
       if key not in flat or flat[key].shape != spec.shape:
         got = 'missing' if key not in flat else f'of shape {flat[key].shape}'
