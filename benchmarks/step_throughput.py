@@ -58,8 +58,9 @@ JAX_VARIANTS = {
 }
 
 
-def set_jax_env(devices: int) -> None:
-  """Before jax is imported: `devices` CPU devices (1 = jax's default), CPU platform."""
+def set_jax_env(devices: int, platform: str = 'cpu') -> None:
+  """Before jax is imported: `devices` CPU devices (1 = jax's default) on the CPU platform, or
+  jax's default accelerator ('gpu'), sharing its memory with torch (no preallocation)."""
   flags = [
     f
     for f in os.environ.get('XLA_FLAGS', '').split()
@@ -68,7 +69,10 @@ def set_jax_env(devices: int) -> None:
   if devices > 1:
     flags.append(f'--xla_force_host_platform_device_count={devices}')
   os.environ['XLA_FLAGS'] = ' '.join(flags)
-  os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+  if platform == 'cpu':
+    os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+  else:
+    os.environ['XLA_PYTHON_CLIENT_PREALLOCATE'] = 'false'
 
 
 # ------------------------------------------------------------------ FLOPs
@@ -122,6 +126,7 @@ def jaxpr_flops(jaxpr) -> tuple[float, bool]:
 
 
 def matmul_gflops(repeats: int, n: int = 2048) -> list[float]:
+  """The jax n x n f32 matmul rate, GFLOP/s, one sample per product."""
   import jax
   import jax.numpy as jnp
 
@@ -137,15 +142,26 @@ def matmul_gflops(repeats: int, n: int = 2048) -> list[float]:
   return out
 
 
+def torch_sync() -> None:
+  """Waits for torch's queued GPU work (CPU torch runs each op to its end before returning)."""
+  import torch
+
+  if torch.cuda.is_available() and torch.get_default_device().type == 'cuda':
+    torch.cuda.synchronize()
+
+
 def torch_matmul_gflops(repeats: int, n: int = 2048) -> list[float]:
+  """The torch n x n f32 matmul rate on torch's default device, GFLOP/s."""
   import torch
 
   a, b = torch.randn(n, n), torch.randn(n, n)
   torch.mm(a, b)
+  torch_sync()
   out = []
   for _ in range(repeats):
     t = time.perf_counter()
     torch.mm(a, b)
+    torch_sync()
     out.append(2 * n**3 / (time.perf_counter() - t) / 1e9)
   return out
 
@@ -171,7 +187,7 @@ class TorchRunner:
   def __call__(self, k: int) -> None:
     for _ in range(k):
       metrics = self.step(self.batch)
-    # CPU torch runs eagerly: every op has finished when it returns. Touch the result anyway.
+    # Reading the loss waits for the step's last op (on a GPU, for every queued kernel).
     float(metrics['loss'])
 
 
@@ -279,10 +295,12 @@ def bench_model(name: str, args, matmul: float) -> dict:
   jax_runner = JaxRunner(exp.train_step, exp.state, jbatch)
   jax_first_call_s = timed(jax_runner, 1)  # exp.state is donated from here on; the runner holds it
 
-  # Torch: the same images (NCHW) and labels.
+  # Torch: the same images (NCHW) and labels, on torch's default device.
   torch.manual_seed(0)
   images = torch.from_numpy(np.ascontiguousarray(local['image'].transpose(0, 3, 1, 2)))
-  tbatch = {'image': images, 'label': torch.from_numpy(local['label'].astype(np.int64))}
+  labels = torch.from_numpy(local['label'].astype(np.int64))
+  device = torch.get_default_device()
+  tbatch = {'image': images.to(device), 'label': labels.to(device)}
   eager_model = torch_models.build(name, config)
   torch_params = torch_models.num_params(eager_model)
   if torch_params != jax_params:
@@ -293,14 +311,24 @@ def bench_model(name: str, args, matmul: float) -> dict:
     'jax': jax_runner,
     'torch_eager': TorchRunner(torch_models.TrainStep(name, config, eager_model), tbatch),
   }
-  torch_compile_warmup_s = float('nan')
-  if not args.no_compile:
+  if args.torch_bf16 != 'none':
+    bf16_model = torch_models.build(name, config)
+    bf16_model.load_state_dict(eager_model.state_dict())
+    runners['torch_eager_bf16'] = TorchRunner(
+      torch_models.TrainStep(name, config, bf16_model, bf16=True), tbatch
+    )
+  torch_compile_warmup_s = {}
+  for bf16 in (False, True) if args.torch_bf16 == 'both' else (False,):
+    if args.no_compile or args.compile_spent_s >= args.compile_budget_s:
+      break
     compiled_model = torch_models.build(name, config)
     compiled_model.load_state_dict(eager_model.state_dict())
-    runners['torch_compile'] = TorchRunner(
-      torch_models.TrainStep(name, config, compiled_model, compile=True), tbatch
+    key = 'torch_compile_bf16' if bf16 else 'torch_compile'
+    runners[key] = TorchRunner(
+      torch_models.TrainStep(name, config, compiled_model, compile=True, bf16=bf16), tbatch
     )
-    torch_compile_warmup_s = timed(runners['torch_compile'], 3)  # compiles forward + backward
+    torch_compile_warmup_s[key] = timed(runners[key], 3)  # compiles forward + backward
+    args.compile_spent_s += torch_compile_warmup_s[key]
   variant_compile_s = {}
   for variant in args.jax_variants:
     made = jax_variant(name, variant, args.batch, local)
@@ -327,7 +355,7 @@ def bench_model(name: str, args, matmul: float) -> dict:
     'torch_compile_ips': ips.get('torch_compile', float('nan')),
     'jax_compile_s': jax_compile_s,
     'jax_first_call_s': jax_first_call_s,
-    'torch_compile_warmup_s': torch_compile_warmup_s,
+    'torch_compile_warmup_s': torch_compile_warmup_s.get('torch_compile', float('nan')),
     'flops_per_step': flops,
     'flops_loop_unknown': loop_unknown,
     'xla_cost_flops': xla_cost_flops,
@@ -340,6 +368,12 @@ def bench_model(name: str, args, matmul: float) -> dict:
     'steps_per_round': timing['steps_per_round'],
     'conv_impl': config.model.get('conv_impl'),
   }
+  if args.torch_bf16 != 'none':
+    row['torch_eager_bf16_ips'] = ips['torch_eager_bf16']
+    row['torch_compile_bf16_ips'] = ips.get('torch_compile_bf16', float('nan'))
+    row['torch_compile_bf16_warmup_s'] = torch_compile_warmup_s.get(
+      'torch_compile_bf16', float('nan')
+    )
   if args.jax_variants:
     row['jax_variants_ips'] = {
       k.split(':', 1)[1]: v for k, v in ips.items() if k.startswith('jax:')
@@ -380,6 +414,11 @@ def print_table(rows: list[dict]) -> None:
       f'{r["gflops_fraction"]:7.3f} '
       f'{r["pipeline_ips"]:9.0f}'
     )
+    if 'torch_eager_bf16_ips' in r:
+      print(
+        f'          torch bf16 autocast (images/s): eager {r["torch_eager_bf16_ips"]:.0f}, '
+        f'compile {r["torch_compile_bf16_ips"]:.0f}'
+      )
     if r.get('jax_variants_ips'):
       print(
         '          jax variants (images/s, ratio to jax): '
@@ -406,8 +445,26 @@ def main(argv=None):
   )
   ap.add_argument('--quick', action='store_true', help='3 short rounds, fewer pipeline batches')
   ap.add_argument('--devices', type=int, default=1, help='forced XLA CPU devices (default 1)')
+  ap.add_argument(
+    '--platform',
+    default='cpu',
+    choices=('cpu', 'gpu'),
+    help="'gpu': jax on its default accelerator, torch on CUDA",
+  )
+  ap.add_argument(
+    '--torch-bf16',
+    default='none',
+    choices=('none', 'eager', 'both'),
+    help='also time the torch twins under torch.autocast(bfloat16): eager, or eager and compiled',
+  )
   ap.add_argument('--threads', type=int, default=os.cpu_count(), help='torch.set_num_threads')
   ap.add_argument('--no-compile', action='store_true', help='skip torch.compile')
+  ap.add_argument(
+    '--compile-budget-s',
+    type=float,
+    default=float('inf'),
+    help='no torch.compile for the models left once the warm-ups so far took this long',
+  )
   ap.add_argument(
     '--omp-wait-policy',
     default=None,
@@ -436,8 +493,9 @@ def main(argv=None):
   args.repeats = args.repeats or (3 if args.quick else 7)
   args.round_s = args.round_s or (0.4 if args.quick else 1.5)
   args.pipeline_batches = 20 if args.quick else 100
+  args.compile_spent_s = 0.0
 
-  set_jax_env(args.devices)
+  set_jax_env(args.devices, args.platform)
   # torch's OpenMP threads spin while waiting for work by default; on a 2-core machine shared
   # with other processes that made torch eager up to 20x slower (ViT, LSTM) in our runs.
   policy = args.omp_wait_policy or os.environ.get('OMP_WAIT_POLICY', 'passive')
@@ -453,6 +511,13 @@ def main(argv=None):
   import torch
 
   torch.set_num_threads(args.threads)
+  if args.platform == 'gpu':
+    if not torch.cuda.is_available() or jax.default_backend() != 'gpu':
+      ap.error(
+        f'--platform gpu: torch sees CUDA {torch.cuda.is_available()}, jax runs on '
+        f'{jax.default_backend()}'
+      )
+    torch.set_default_device('cuda')  # each framework at its default float32 precision
 
   t_start = time.perf_counter()
   gf = matmul_gflops(7)
@@ -463,7 +528,12 @@ def main(argv=None):
     'started': datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%dT%H%MZ'),
     'cpus': os.cpu_count(),
     'jax_devices': jax.device_count(),
+    'platform': args.platform,
+    'device_kind': jax.devices()[0].device_kind,
+    'torch_device': torch.cuda.get_device_name() if args.platform == 'gpu' else 'cpu',
     'torch_threads': torch.get_num_threads(),
+    'torch_float32_matmul_precision': torch.get_float32_matmul_precision(),
+    'torch_cudnn_allow_tf32': torch.backends.cudnn.allow_tf32,
     'jax_threads': f'XLA:CPU intra-op pool, {os.cpu_count()} threads (one per core)',
     'xla_flags': os.environ.get('XLA_FLAGS', ''),
     'versions': versions(),
@@ -483,6 +553,32 @@ def main(argv=None):
     f'2048x2048 f32 matmul: jax {statistics.median(gf):.0f} GFLOP/s, '
     f'torch {statistics.median(tgf):.0f} GFLOP/s'
   )
+  suffix = '-quick' if args.quick else ''
+  paths = [
+    os.path.join(args.out_dir, f'{machine["hostname"]}-{machine["started"]}{suffix}.json'),
+    os.path.join(args.out_dir, f'latest{suffix}.json'),
+  ]
+
+  def finish(rows: list[dict], gf: list[float], final: bool) -> None:
+    """Fills the run-wide columns and writes the JSON files (after every model, so a run cut
+    short keeps the models it finished; `final` once all are done)."""
+    matmul = statistics.median(gf)
+    for row in rows:
+      row['matmul_gflops'] = matmul
+      row['gflops_fraction'] = row['jax_gflops'] / matmul
+      row['torch_matmul_gflops'] = statistics.median(tgf)
+      row.update(machine)
+      row['total_run_s'] = time.perf_counter() - t_start
+      row['complete'] = final
+    if args.no_write:
+      return
+    os.makedirs(args.out_dir, exist_ok=True)
+    nan_to_none = lambda v: None if isinstance(v, float) and v != v else v  # strict JSON: no NaN
+    clean = [{k: nan_to_none(v) for k, v in row.items()} for row in rows]
+    for path in paths:
+      with open(path, 'w') as f:
+        json.dump(clean, f, indent=1)
+
   rows = []
   for name in args.models:
     t = time.perf_counter()
@@ -494,31 +590,16 @@ def main(argv=None):
       f'torch.compile {row["torch_compile_ips"]:.0f} images/s ({row["bench_s"]:.0f} s)',
       flush=True,
     )
+    finish(rows, gf, final=False)
   gf += matmul_gflops(7)  # the machine's speed may drift during the run: both ends count
-  matmul = statistics.median(gf)
-  for row in rows:
-    row['matmul_gflops'] = matmul
-    row['gflops_fraction'] = row['jax_gflops'] / matmul
-    row['torch_matmul_gflops'] = statistics.median(tgf)
-    row.update(machine)
+  finish(rows, gf, final=True)
   print()
   print_table(rows)
-  total = time.perf_counter() - t_start
-  print(f'\nmatmul {matmul:.0f} GFLOP/s (jax, median of both ends); total {total:.0f} s')
-  for row in rows:
-    row['total_run_s'] = total
+  print(
+    f'\nmatmul {rows[0]["matmul_gflops"]:.0f} GFLOP/s (jax, median of both ends); '
+    f'total {rows[0]["total_run_s"]:.0f} s'
+  )
   if not args.no_write:
-    os.makedirs(args.out_dir, exist_ok=True)
-    suffix = '-quick' if args.quick else ''
-    paths = [
-      os.path.join(args.out_dir, f'{machine["hostname"]}-{machine["started"]}{suffix}.json'),
-      os.path.join(args.out_dir, f'latest{suffix}.json'),
-    ]
-    nan_to_none = lambda v: None if isinstance(v, float) and v != v else v  # strict JSON: no NaN
-    clean = [{k: nan_to_none(v) for k, v in row.items()} for row in rows]
-    for path in paths:
-      with open(path, 'w') as f:
-        json.dump(clean, f, indent=1)
     print('wrote ' + ', '.join(paths))
   return rows
 

@@ -23,6 +23,7 @@ API used by benchmarks/step_throughput.py and tests/test_benchmarks.py:
     forward_shapes(name, model, x)         # the output shapes the test compares with jaxvision
 """
 
+import contextlib
 import math
 
 import numpy as np
@@ -509,10 +510,11 @@ def random_shift(x: torch.Tensor, shift: int, fill: float) -> torch.Tensor:
   offset per image (NCHW)."""
   n, c, h, w = x.shape
   p = F.pad(x, (shift, shift, shift, shift), value=fill)
-  off = torch.randint(0, 2 * shift + 1, (n, 2))
-  rows = (off[:, 0:1] + torch.arange(h))[:, None, :, None]
-  cols = (off[:, 1:2] + torch.arange(w))[:, None, None, :]
-  return p[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+  arange = lambda k: torch.arange(k, device=x.device)
+  off = torch.randint(0, 2 * shift + 1, (n, 2), device=x.device)
+  rows = (off[:, 0:1] + arange(h))[:, None, :, None]
+  cols = (off[:, 1:2] + arange(w))[:, None, None, :]
+  return p[arange(n)[:, None, None, None], arange(c)[None, :, None, None], rows, cols]
 
 
 # ------------------------------------------------------------ train steps
@@ -534,7 +536,7 @@ def _classification_loss(model, opts):
 def _vae_loss(model, beta: float):
   def loss_fn(x):
     xb = (torch.rand_like(x) < x).float()  # dynamic binarisation
-    eps = torch.randn(x.shape[0], model.latents)
+    eps = torch.randn(x.shape[0], model.latents, device=x.device)
     mean, logvar = model.encode(xb)
     out = model.decode(mean + torch.exp(0.5 * logvar) * eps)
     recon = F.binary_cross_entropy_with_logits(out, xb, reduction='none').sum(dim=(1, 2, 3))
@@ -546,17 +548,18 @@ def _vae_loss(model, beta: float):
 
 def _gan_losses(model):
   g, d = model.generator, model.discriminator
+  device = next(g.parameters()).device  # explicit: torch.compile ignores the default device
 
   def d_loss_fn(real):
     n = real.shape[0]
     with torch.no_grad():  # fakes from the current G (train-mode BatchNorm), no gradient into G
-      fake = g(torch.randn(n, model.latents))
+      fake = g(torch.randn(n, model.latents, device=real.device))
     logits = d(torch.cat([real, fake]))  # D sees [real; fake] in one batch, as jaxvision's does
     loss = F.softplus(-logits[:n]).mean() + F.softplus(logits[n:]).mean()
     return loss, logits
 
   def g_loss_fn(n: int):
-    fake = g(torch.randn(n, model.latents))
+    fake = g(torch.randn(n, model.latents, device=device))
     return F.softplus(-d(fake)).mean()  # non-saturating -log D(G(z))
 
   return d_loss_fn, g_loss_fn
@@ -566,10 +569,18 @@ class TrainStep:
   """One training step of a torch twin: forward, backward, optimizer update (for dcgan one D
   update then one G update through the updated D, plus the EMA of G). `compile=True` wraps the
   forward + loss functions in torch.compile (backward compiled by AOTAutograd); optimizers run
-  eagerly (fused kernels) either way."""
+  eagerly (fused kernels) either way. `bf16=True` runs the forward + loss functions under
+  `torch.autocast(bfloat16)` (float32 parameters, gradients and optimizer: torch's mixed
+  precision, the counterpart of jaxvision's `config.dtype='bfloat16'`)."""
 
-  def __init__(self, name: str, config, model: nn.Module, compile: bool = False):
+  def __init__(
+    self, name: str, config, model: nn.Module, compile: bool = False, bf16: bool = False
+  ):
     self.name, self.model, self.step = name, model, 0
+    device = next(model.parameters()).device.type
+    self.autocast = (
+      (lambda: torch.autocast(device, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    )
     model.train()
     self.lrs = lr_table(config.optim, int(config.train.steps))
     self.clip = float(config.optim.grad_clip)
@@ -620,9 +631,11 @@ class TrainStep:
     self.step += 1
     x = batch['image']
     if self.name == 'dcgan':
-      d_loss, logits = self.d_loss(x)
+      with self.autocast():
+        d_loss, logits = self.d_loss(x)
       d_norm = self._update(self.d_opt, self.d_params, d_loss)
-      g_loss = self.g_loss(x.shape[0])
+      with self.autocast():
+        g_loss = self.g_loss(x.shape[0])
       # Gradients into G only: D's weight gradients are not computed (jax never forms them).
       grads = torch.autograd.grad(g_loss, self.g_params)
       for p, gr in zip(self.g_params, grads):
@@ -640,9 +653,11 @@ class TrainStep:
     for group in self.opt.param_groups:
       group['lr'] = lr
     if self.name == 'conv_vae':
-      loss, neg_elbo = self.loss(x)
+      with self.autocast():
+        loss, neg_elbo = self.loss(x)
       grad_norm = self._update(self.opt, self.params, loss)
       return {'loss': loss.detach(), 'neg_elbo': neg_elbo.detach(), 'grad_norm': grad_norm}
-    loss, accuracy = self.loss(x, batch['label'])
+    with self.autocast():
+      loss, accuracy = self.loss(x, batch['label'])
     grad_norm = self._update(self.opt, self.params, loss)
     return {'loss': loss.detach(), 'accuracy': accuracy, 'grad_norm': grad_norm}
