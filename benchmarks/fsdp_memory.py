@@ -8,6 +8,8 @@ devices, any data x fsdp x model meshes (FSDP + tensor parallelism), or each blo
     python benchmarks/fsdp_memory.py --remat --resnet50 --vit B/16 --meshes 1x1x1,1x8x1 \\
         --per_device_batch 16 32 --cpu_schedulers default,memory \\
         --json benchmarks/results/remat_memory.json        # model.remat off -> on
+    python benchmarks/fsdp_memory.py --accum_steps 1 2 4 --resnet50 --vit B/16 --meshes 1x1x1 \\
+        --per_device_batch 32                              # optim.accum_steps at the same batch
 
 Nothing is allocated and nothing runs: the step (the classification train_step of configs/vit.py,
 AdamW, or of configs/resnet.py:imagenet, SGD + momentum, both without augmentation) is compiled
@@ -19,7 +21,8 @@ the mesh's devices, split over its data x fsdp axes. `--remat` measures every ro
 model.remat off and on (each residual or encoder block's activations recomputed in the backward
 pass instead of stored): the activations the forward pass keeps for the backward pass (jax's
 own count, before XLA schedules the step) and the temporaries under each of XLA:CPU's
-schedulers named in --cpu_schedulers.
+schedulers named in --cpu_schedulers. `--accum_steps` measures every row at each of the given
+optim.accum_steps (the same batch in that many microbatches), under the same schedulers.
 """
 
 import argparse
@@ -250,6 +253,40 @@ def remat_table(configs: dict, meshes: list, batches: list, schedulers: list) ->
   return rows
 
 
+def accum_table(configs: dict, meshes: list, batch: int, ks: list, schedulers: list) -> list:
+  """Every model on every mesh at `batch` images per device, at each optim.accum_steps of `ks`:
+  the compiled step's state + batch and its temporaries under each XLA:CPU scheduler.
+
+  Returns:
+    The rows, one per (model, mesh, accum_steps).
+  """
+  temps = ' | '.join(f'temporaries, {s} schedule' for s in schedulers)
+  print(
+    f'| model | data x fsdp x model | images per device | accum_steps | state + batch | {temps} |'
+  )
+  print('| --- ' * (5 + len(schedulers)) + '|')
+  rows = []
+  for name, config in configs.items():
+    for shape in meshes:
+      for k in ks:
+        c = config.copy_and_resolve_references()
+        c.optim.accum_steps = k
+        row = {'model': name, 'mesh': dict(zip(parallel.AXES, shape)), 'per_device_batch': batch}
+        row.update(accum_steps=k, **c.model)
+        for scheduler in schedulers:
+          m = measure(c, shape, batch, scheduler)
+          row.update({key: v for key, v in m.items() if key != 'temporaries'})
+          row[f'temporaries_{scheduler}_schedule'] = m['temporaries']
+        rows.append(row)
+        cells = ' | '.join(mib(row[f'temporaries_{s}_schedule']) for s in schedulers)
+        print(
+          f'| {name} | {"x".join(map(str, shape))} | {batch} | {k} | {mib(row["arguments"])} | '
+          f'{cells} |',
+          flush=True,
+        )
+  return rows
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--image_size', type=int, default=224)
@@ -275,16 +312,29 @@ def main(argv=None):
     '--remat', action='store_true', help='each row with model.remat off and on (needs --meshes)'
   )
   parser.add_argument(
+    '--accum_steps',
+    type=int,
+    nargs='+',
+    help='each row at these optim.accum_steps, e.g. 1 4 (needs --meshes; they divide the batch)',
+  )
+  parser.add_argument(
     '--cpu_schedulers',
     default='default',
-    help=f'with --remat: comma-separated XLA:CPU schedulers, of {", ".join(CPU_SCHEDULERS)}',
+    help=f'with --remat or --accum_steps: comma-separated XLA:CPU schedulers, of '
+    f'{", ".join(CPU_SCHEDULERS)}',
   )
   parser.add_argument('--json', help='with --meshes: write the rows to this file')
   args = parser.parse_args(argv)
-  if (args.remat or args.resnet50) and not args.meshes:
-    parser.error('--remat and --resnet50 need --meshes (e.g. --meshes 1x1x1,1x8x1)')
-  if args.resnet50 and not args.remat:
-    parser.error('--resnet50 is measured with --remat')
+  if (args.remat or args.resnet50 or args.accum_steps) and not args.meshes:
+    parser.error('--remat, --resnet50 and --accum_steps need --meshes (e.g. --meshes 1x1x1,1x8x1)')
+  if args.remat and args.accum_steps:
+    parser.error('--remat and --accum_steps are measured apart')
+  if args.resnet50 and not (args.remat or args.accum_steps):
+    parser.error('--resnet50 is measured with --remat or --accum_steps')
+  if args.accum_steps and (
+    len(args.per_device_batch) > 1 or any(args.per_device_batch[0] % k for k in args.accum_steps)
+  ):
+    parser.error('--accum_steps takes one --per_device_batch that every accum_steps divides')
   if len(args.per_device_batch) > 1 and not args.remat:
     parser.error('several --per_device_batch values need --remat')
   overrides = {k: getattr(args, k) for k in VIT_B16 if getattr(args, k) is not None}
@@ -298,13 +348,16 @@ def main(argv=None):
       devices_table(vit_config(args.image_size, **model), args.per_device_batch[0])
     return
   meshes = [tuple(int(s) for s in m.split('x')) for m in args.meshes.split(',')]
-  if args.remat:
+  if args.remat or args.accum_steps:
     configs = {'ResNet-50': resnet50_config(args.image_size)} if args.resnet50 else {}
     configs.update({f'ViT-{n}': vit_config(args.image_size, **m) for n, m in vits.items()})
     schedulers = args.cpu_schedulers.split(',')
     if not set(schedulers) <= set(CPU_SCHEDULERS):
       parser.error(f'--cpu_schedulers {args.cpu_schedulers}: use names of {list(CPU_SCHEDULERS)}')
-    rows = remat_table(configs, meshes, args.per_device_batch, schedulers)
+    if args.remat:
+      rows = remat_table(configs, meshes, args.per_device_batch, schedulers)
+    else:
+      rows = accum_table(configs, meshes, args.per_device_batch[0], args.accum_steps, schedulers)
   else:
     rows = meshes_table(vits, meshes, args.image_size, args.per_device_batch[0])
   if args.json:
@@ -316,6 +369,7 @@ def main(argv=None):
           'jax': jax.__version__,
           'image_size': args.image_size,
           'per_device_batch': (args.per_device_batch if args.remat else args.per_device_batch[0]),
+          **({'accum_steps': args.accum_steps} if args.accum_steps else {}),
           'rows': rows,
         },
         f,

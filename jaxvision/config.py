@@ -78,6 +78,9 @@ def base() -> ml_collections.ConfigDict:
   c.optim.momentum = 0.9
   c.optim.weight_decay = 0.0
   c.optim.grad_clip = 0.0  # global norm; 0 = off
+  # > 1: each step's batch in this many microbatches, one update from their mean gradient (less
+  # activation memory; BatchNorm normalises each microbatch: jaxvision/tasks/accumulate.py)
+  c.optim.accum_steps = 1
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 1000
@@ -173,6 +176,7 @@ RANGES = {
   'optim.momentum': FRACTION,
   'optim.weight_decay': AT_LEAST_0,
   'optim.grad_clip': AT_LEAST_0,
+  'optim.accum_steps': AT_LEAST_1,
   'train.steps': AT_LEAST_1,
   'train.log_every': AT_LEAST_1,
   'train.eval_every': AT_LEAST_1,
@@ -181,6 +185,7 @@ RANGES = {
 }
 _NOTES = {  # what a value means at a bound, for the error message
   'optim.grad_clip': ' (0: no clipping)',
+  'optim.accum_steps': ' (1: no accumulation)',
   'data.per_class': ' (0: every example)',
   'data.clusters': ' (0: the labels)',
   'data.workers': ' (0: no worker processes; -1: one per CPU core)',
@@ -277,6 +282,7 @@ def validate(config) -> None:
   choice(config, 'data.scale', SCALES)
   choice(config, 'data.augment', AUGMENTS)
   check_ranges(config, RANGES, _NOTES)
+  check_accum_steps(config)
   if not isinstance(config.data.name, str) or not config.data.name:
     raise ConfigError('data.name must be a TFDS dataset name, e.g. data.name=mnist10k')
   classes = tuple(config.data.classes)
@@ -315,6 +321,25 @@ def validate(config) -> None:
     raise ConfigError(
       f'parallel=pmap is data parallel only, but mesh.fsdp={config.mesh.fsdp}, '
       f'mesh.model={config.mesh.model}; set them to 1 or use parallel=jit'
+    )
+
+
+def check_accum_steps(config) -> None:
+  """Checks `optim.accum_steps` against the batch (the mesh's part: `experiment.setup`).
+
+  Args:
+    config: an experiment config.
+
+  Raises:
+    ConfigError: accum_steps is not an integer, or does not divide data.batch_size.
+  """
+  k, batch = config.optim.accum_steps, config.data.batch_size
+  if isinstance(k, bool) or not isinstance(k, int):
+    raise ConfigError(f'optim.accum_steps={k!r} must be an integer >= 1 (1: no accumulation)')
+  if batch % k:
+    raise ConfigError(
+      f'data.batch_size={batch} must be divisible by optim.accum_steps={k} (the microbatches '
+      f'of a step are equal)'
     )
 
 

@@ -194,7 +194,8 @@ def setup(config, workdir: str, restoring: bool = False) -> Experiment:
 
   Raises:
     ConfigError: a config value, the model's fields or shapes, num_classes, freeze or init_from
-      cannot work, or mesh.model > 1 for a model without tensor-parallel rules.
+      cannot work, mesh.model > 1 for a model without tensor-parallel rules, or data.batch_size
+      does not divide into optim.accum_steps microbatches split over the mesh's batch shards.
     WorkdirError: the workdir is a file, holds another config, data or checkpoints that do not
       fit, or (restoring) no checkpoint.
     MeshError: the mesh does not fit the devices, or its model axis does not divide what the
@@ -218,10 +219,12 @@ def setup(config, workdir: str, restoring: bool = False) -> Experiment:
       f"(mesh.fsdp shards any model's state)"
     )
   shards = parallel.batch_size_per_shard(mesh)
-  if config.data.batch_size % shards:
+  k = config.optim.accum_steps
+  if config.data.batch_size % (k * shards):  # every microbatch is split over the batch shards
     raise ConfigError(
-      f'data.batch_size={config.data.batch_size} must be divisible by the {shards} '
-      f'batch shards of the mesh; pick a multiple of {shards}'
+      f'data.batch_size={config.data.batch_size} must be divisible by '
+      f'{f"optim.accum_steps={k} x " if k > 1 else ""}the {shards} batch shards of the mesh; '
+      f'pick a multiple of {k * shards}'
     )
   workdir_lib.check_config(config, workdir)
   jax.config.update('jax_debug_nans', bool(config.debug_nans))

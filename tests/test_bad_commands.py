@@ -46,6 +46,25 @@ CASES = [
     'optim.grad_clip=-1.0 must be >= 0 (0: no clipping)',
   ),
   (
+    ['--config', 'configs/cnn.py:smoke', '--config.optim.accum_steps=0'],
+    NEW,
+    2,
+    'optim.accum_steps=0 must be >= 1 (1: no accumulation)',
+  ),
+  (
+    ['--config', 'configs/cnn.py:smoke', '--config.optim.accum_steps=3'],
+    TRAINED,
+    2,
+    'data.batch_size=32 must be divisible by optim.accum_steps=3',
+  ),
+  (
+    ['--config', 'configs/cnn.py:smoke', '--config.optim.accum_steps=8'],  # 4 rows: not 8 shards
+    NEW,
+    2,
+    'data.batch_size=32 must be divisible by optim.accum_steps=8 x the 8 batch shards of the '
+    'mesh; pick a multiple of 64',
+  ),
+  (
     ['--config', 'configs/cnn.py:smoke', '--config.optim.warmup_frac=1.5'],
     TRAINED,
     2,

@@ -10,7 +10,10 @@ transformation and the step's fixed options are static fields. Randomness
 step is a function of (state, batch) alone. Under the pmap path `split`
 describes the batch layout and makes the gradients and metrics global-batch
 means, the BatchNorm statistics global and the random draws those of the jit
-path (see `parallel.BatchSplit`); under jit it is None.
+path (see `parallel.BatchSplit`); under jit it is None. With `optim.accum_steps`
+= k > 1 the step runs k microbatches of the augmented batch and makes one update
+from their mean gradient (`accumulate.accumulate`: dropout keys per microbatch,
+BatchNorm per microbatch).
 """
 
 import dataclasses
@@ -26,6 +29,7 @@ from flax import struct
 from jaxvision import config as config_lib
 from jaxvision import models, optim, parallel
 from jaxvision.data import augment
+from jaxvision.tasks.accumulate import accumulate
 from jaxvision.tasks.task import Task, check_batch
 
 
@@ -75,6 +79,7 @@ class ClassifierOptions:
   label_smoothing: float = 0.0
   freeze: tuple[str, ...] = ()  # regexes of frozen parameter paths (their BatchNorm stats stay too)
   lr: Any = None  # the learning-rate schedule, logged as train/lr
+  accum_steps: int = 1  # microbatches per update (optim.accum_steps)
 
 
 @struct.dataclass
@@ -133,6 +138,7 @@ def init(config, rng, sample_batch) -> TrainState:
     label_smoothing=config.loss.label_smoothing,
     freeze=tuple(config.freeze),
     lr=lr,
+    accum_steps=int(config.optim.accum_steps),
   )
   init_rng, state_rng = jax.random.split(rng)
   variables = models.init(
@@ -173,7 +179,8 @@ def train_step(
 
   Returns:
     (the next state, {'loss', 'accuracy', 'grad_norm', 'lr'}): f32[] batch means of the loss
-    and accuracy, the global norm of the gradients, the step's learning rate.
+    and accuracy, the global norm of the gradients, the step's learning rate (with
+    opts.accum_steps > 1: over its microbatches, see `accumulate.accumulate`).
   """
   _check_batch(batch)
   opts = state.opts
@@ -183,19 +190,31 @@ def train_step(
     x = augment.apply(opts.augment, aug_rng, x, opts.shift, opts.fill, split)
   model = state.model if split is None else state.model.clone(batch_split=split)
 
-  def loss_fn(params):
+  def loss_fn(params, rows, rng, batch_stats):
     logits, updates = model.apply(
-      state.variables(params), x, train=True, rngs={'dropout': dropout_rng}, mutable=['batch_stats']
+      {'params': params, 'batch_stats': batch_stats},
+      rows['x'],
+      train=True,
+      rngs={'dropout': rng},
+      mutable=['batch_stats'],
     )
     targets = optax.smooth_labels(
-      jax.nn.one_hot(batch['label'], logits.shape[-1]), opts.label_smoothing
+      jax.nn.one_hot(rows['label'], logits.shape[-1]), opts.label_smoothing
     )
-    return optax.softmax_cross_entropy(logits, targets).mean(), (logits, updates)
+    loss = optax.softmax_cross_entropy(logits, targets).mean()
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == rows['label'])
+    return loss, ({'loss': loss, 'accuracy': accuracy}, updates.get('batch_stats', batch_stats))
 
-  (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grads, metrics, batch_stats = accumulate(
+    loss_fn,
+    state.params,
+    {'x': x, 'label': batch['label']},
+    opts.accum_steps,
+    dropout_rng,
+    state.batch_stats,
+  )
   grads = parallel.batch_mean(split, grads)
   param_updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-  batch_stats = updates.get('batch_stats', state.batch_stats)
   if opts.freeze:  # a frozen BatchNorm keeps its statistics as well as its scale and bias
     patterns = optim.compile_patterns(opts.freeze, 'freeze')
     batch_stats = jax.tree_util.tree_map_with_path(
@@ -211,9 +230,7 @@ def train_step(
     batch_stats=batch_stats,
     opt_state=opt_state,
   )
-  metrics = parallel.batch_mean(
-    split, {'loss': loss, 'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['label'])}
-  )
+  metrics = parallel.batch_mean(split, metrics)
   metrics.update(grad_norm=optax.global_norm(grads), lr=opts.lr(state.step))
   return new_state, metrics
 

@@ -27,7 +27,9 @@ the conditional model alone.
 
 The samplers take any `predict(x, t)`, so the tests run them on exact (analytic) predictions.
 Every random draw of a train step comes from `fold_in(state.rng, state.step)`, drawn through
-`parallel.batch_rows` with the step's `split` so the pmap path trains like the jit path.
+`parallel.batch_rows` with the step's `split` so the pmap path trains like the jit path. t, the
+noise and the dropped labels are drawn for the whole batch, also when `optim.accum_steps` splits
+it into microbatches (`accumulate.accumulate`, whose dropout keys are per microbatch).
 """
 
 import dataclasses
@@ -46,6 +48,7 @@ from flax import struct
 from jaxvision import config as config_lib
 from jaxvision import grids, models, optim, parallel
 from jaxvision.errors import ConfigError
+from jaxvision.tasks.accumulate import accumulate
 from jaxvision.tasks.task import (
   Task,
   check_batch,
@@ -122,6 +125,7 @@ class DiffusionOptions:
   guidance: float = 0.0
   seed: int = 0
   lr: Any = None  # the learning-rate schedule, logged as train/lr
+  accum_steps: int = 1  # microbatches per update (optim.accum_steps)
 
 
 @struct.dataclass
@@ -159,6 +163,7 @@ def init(config, rng, sample_batch) -> DiffusionState:
     guidance=float(config.sample.guidance),
     seed=int(config.seed),
     lr=lr,
+    accum_steps=int(config.optim.accum_steps),
   )
   init_rng, state_rng = jax.random.split(rng)
   x = sample_batch['image']
@@ -319,7 +324,8 @@ def train_step(
     split: the pmap path's batch layout (None under jit).
 
   Returns:
-    (the next state, {'loss', 'grad_norm', 'lr'}).
+    (the next state, {'loss', 'grad_norm', 'lr'}); with opts.accum_steps > 1 over its
+    microbatches (see `accumulate.accumulate`).
   """
   _check_batch(batch)
   opts, model = state.opts, state.model
@@ -338,17 +344,30 @@ def train_step(
     y = jnp.where(dropped, model.num_classes, y)
   train_model = model if split is None else model.clone(batch_split=split)
 
-  def loss_fn(params):
-    per_image = _loss(train_model, params, opts, x, t, eps, y, {'dropout': dropout_key}, train=True)
-    return jnp.mean(per_image)
+  def loss_fn(params, rows, rng, carry):
+    per_image = _loss(
+      train_model,
+      params,
+      opts,
+      rows['x'],
+      rows['t'],
+      rows['eps'],
+      rows['y'],
+      {'dropout': rng},
+      train=True,
+    )
+    loss = jnp.mean(per_image)
+    return loss, ({'loss': loss}, carry)
 
-  loss, grads = jax.value_and_grad(loss_fn)(state.params)
+  grads, metrics, _ = accumulate(
+    loss_fn, state.params, {'x': x, 't': t, 'eps': eps, 'y': y}, opts.accum_steps, dropout_key
+  )
   grads = parallel.batch_mean(split, grads)
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   ema = optax.incremental_update(params, state.ema_params, 1.0 - opts.ema_decay)
   new_state = state.replace(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state)
-  metrics = {'loss': parallel.batch_mean(split, loss)}
+  metrics = parallel.batch_mean(split, metrics)
   metrics.update(grad_norm=optax.global_norm(grads), lr=opts.lr(state.step))
   return new_state, metrics
 

@@ -21,6 +21,7 @@ on the real images. Randomness (latents, dropout) comes from
 the latents through `parallel.batch_rows`, averages gradients and metrics by
 `parallel.batch_mean` and goes to the models (BatchNorm axis, dropout rows; D on
 [real; fake] sees two stacked batches), so the pmap path trains like the jit path.
+`optim.accum_steps` = k > 1 makes every update from k microbatches (see `train_step`).
 """
 
 import dataclasses
@@ -37,6 +38,7 @@ from flax import struct
 from jaxvision import config as config_lib
 from jaxvision import grids, models, optim, parallel
 from jaxvision.errors import ConfigError
+from jaxvision.tasks.accumulate import accumulate
 from jaxvision.tasks.task import (
   EVAL_SALT,
   Task,
@@ -83,6 +85,7 @@ class GANOptions:
   d_lr: Any = None
   info_weight: float = 1.0
   r1_gamma: float = 0.0
+  accum_steps: int = 1  # microbatches per update (optim.accum_steps)
 
 
 @struct.dataclass
@@ -197,6 +200,7 @@ def init(config, rng, sample_batch) -> GANState:
     d_lr=d_lr,
     info_weight=float(config.gan.info_weight),
     r1_gamma=float(config.gan.r1_gamma),
+    accum_steps=int(config.optim.accum_steps),
   )
   init_rng, state_rng = jax.random.split(rng)
   n = sample_batch['image'].shape[0]
@@ -367,6 +371,12 @@ def train_step(
 ) -> tuple[GANState, dict]:
   """`gan.d_steps` discriminator updates, then one generator update and its EMA.
 
+  With opts.accum_steps = k > 1 each update's gradient is the mean over k microbatches of the
+  batch (`accumulate.accumulate`): every D update sums D's gradients over the microbatches with
+  D's params fixed and updates D once; the G update then does the same for G against the updated
+  D. The latents (and InfoGAN codes) are drawn for the whole batch first; G's BatchNorm
+  normalises each microbatch and its running statistics are updated k times.
+
   Args:
     state: the GANState.
     batch: {'image' f32[B, H, W, C] in [-1, 1], 'label' i32[B]}.
@@ -395,57 +405,69 @@ def train_step(
   one, two = on(1), on(2)
 
   info = bool(model.info_codes)
-  for k in range(opts.d_steps):  # D: fakes from the current G, no gradient into G
-    z = _latents(split, keys[2 * k], n, model.latents)
-    c = _g_inputs(split, model, keys[2 * k], y, n)
-    fake, _ = _generate(one, g_params, z, c, train=True)
-    fake = jax.lax.stop_gradient(fake)
 
-    def d_loss_fn(d_params, drop_rng=keys[2 * k + 1], fake=fake, c=c):
-      both = _discriminate(
-        two,
-        d_params,
-        jnp.concatenate([real, fake]),
-        None if y is None else jnp.concatenate([y, y]),
-        drop_rng,
-        train=True,
-        codes=info,
-      )
-      both, code_loss = (both[0], _code_loss(both[1][n:], c)) if info else (both, 0.0)
-      adversarial = total = d_loss(opts.loss, both[:n], both[n:])
-      if info:
-        total += opts.info_weight * code_loss
-      penalty = 0.0
-      if opts.r1_gamma:
-        penalty = r1_penalty(
-          lambda x: _discriminate(one, d_params, x, y, drop_rng, train=True), real
-        )
-        total += 0.5 * opts.r1_gamma * penalty
-      return total, (both, adversarial, code_loss, penalty)
-
-    (_, (logits, dl, d_code_loss, d_r1)), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(
-      d_params
+  def d_loss_fn(d_params, rows, drop_rng, carry):  # D: fakes from the current G, no gradient into G
+    real, y, c = rows['real'], rows['y'], rows['c']
+    m = real.shape[0]
+    fake = jax.lax.stop_gradient(_generate(one, g_params, rows['z'], c, train=True)[0])
+    both = _discriminate(
+      two,
+      d_params,
+      jnp.concatenate([real, fake]),
+      None if y is None else jnp.concatenate([y, y]),
+      drop_rng,
+      train=True,
+      codes=info,
     )
+    both, code_loss = (both[0], _code_loss(both[1][m:], c)) if info else (both, 0.0)
+    adversarial = total = d_loss(opts.loss, both[:m], both[m:])
+    metrics = {
+      'd_loss': adversarial,
+      'd_real': jnp.mean(jax.nn.sigmoid(both[:m])),
+      'd_fake': jnp.mean(jax.nn.sigmoid(both[m:])),
+    }
+    if info:
+      total += opts.info_weight * code_loss
+      metrics['code_loss'] = code_loss
+    if opts.r1_gamma:
+      penalty = r1_penalty(lambda x: _discriminate(one, d_params, x, y, drop_rng, train=True), real)
+      total += 0.5 * opts.r1_gamma * penalty
+      metrics['r1'] = penalty
+    return total, (metrics, carry)
+
+  for j in range(opts.d_steps):
+    rows = {
+      'real': real,
+      'y': y,
+      'z': _latents(split, keys[2 * j], n, model.latents),
+      'c': _g_inputs(split, model, keys[2 * j], y, n),
+    }
+    d_grads, d_metrics, _ = accumulate(d_loss_fn, d_params, rows, opts.accum_steps, keys[2 * j + 1])
     d_grads = parallel.batch_mean(split, d_grads)
     d_updates, d_opt_state = state.d_tx.update(d_grads, d_opt_state, d_params)
     d_params = optax.apply_updates(d_params, d_updates)
 
-  z = _latents(split, keys[-2], n, model.latents)
-  c = _g_inputs(split, model, keys[-2], y, n)
-
-  def g_loss_fn(g_params):  # G: through the updated D, whose params get no update here
-    fake, batch_stats = _generate(one, g_params, z, c, train=True)
-    fake_logits = _discriminate(one, d_params, fake, y, keys[-1], train=True, codes=info)
+  def g_loss_fn(g_params, rows, drop_rng, batch_stats):  # G: through the updated D, not updated
+    c = rows['c']
+    fake, batch_stats = _generate(
+      one.replace(batch_stats=batch_stats), g_params, rows['z'], c, train=True
+    )
+    fake_logits = _discriminate(one, d_params, fake, rows['y'], drop_rng, train=True, codes=info)
     if not info:
       adversarial = g_loss(opts.loss, fake_logits)
-      return adversarial, (batch_stats, adversarial)
+      return adversarial, ({'g_loss': adversarial}, batch_stats)
     adversarial = g_loss(opts.loss, fake_logits[0])
-    return adversarial + opts.info_weight * _code_loss(fake_logits[1], c), (
-      batch_stats,
-      adversarial,
-    )
+    total = adversarial + opts.info_weight * _code_loss(fake_logits[1], c)
+    return total, ({'g_loss': adversarial}, batch_stats)
 
-  (_, (batch_stats, gl)), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(g_params)
+  rows = {
+    'y': y,
+    'z': _latents(split, keys[-2], n, model.latents),
+    'c': _g_inputs(split, model, keys[-2], y, n),
+  }
+  g_grads, g_metrics, batch_stats = accumulate(
+    g_loss_fn, g_params, rows, opts.accum_steps, keys[-1], state.batch_stats
+  )
   g_grads = parallel.batch_mean(split, g_grads)
   g_updates, g_opt_state = state.g_tx.update(g_grads, state.g_opt_state, g_params)
   g_params = optax.apply_updates(g_params, g_updates)
@@ -459,20 +481,8 @@ def train_step(
     d_opt_state=d_opt_state,
     ema_params=ema,
   )
-  metrics = parallel.batch_mean(
-    split,
-    {
-      'loss': dl + gl,
-      'd_loss': dl,
-      'g_loss': gl,
-      'd_real': jnp.mean(jax.nn.sigmoid(logits[:n])),
-      'd_fake': jnp.mean(jax.nn.sigmoid(logits[n:])),
-    },
-  )
-  if info:
-    metrics['code_loss'] = parallel.batch_mean(split, d_code_loss)
-  if opts.r1_gamma:
-    metrics['r1'] = parallel.batch_mean(split, d_r1)
+  dl, gl = d_metrics.pop('d_loss'), g_metrics['g_loss']
+  metrics = parallel.batch_mean(split, {'loss': dl + gl, 'd_loss': dl, 'g_loss': gl, **d_metrics})
   metrics.update(
     g_grad_norm=optax.global_norm(g_grads),
     d_grad_norm=optax.global_norm(d_grads),

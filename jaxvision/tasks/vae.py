@@ -12,7 +12,9 @@ Likelihood (`loss.likelihood`):
   binarises dynamically, with a key from `fold_in(state.rng, state.step)`
   (drawn, like the posterior noise, through `parallel.batch_rows` with the step's
   `split`, and the gradients averaged by `parallel.batch_mean`, so the pmap path
-  trains alike).
+  trains alike). Both are drawn for the whole batch, also when `optim.accum_steps`
+  splits it into microbatches (`accumulate.accumulate`), so every image gets the
+  same numbers whatever the accumulation.
   Evaluation binarises each test image once and for all: its key is a fixed key
   folded with a hash of the image's bytes, so every eval (and every eval batch
   size, sharding or resume) sees the same binary test set and the same
@@ -46,6 +48,7 @@ from flax import struct
 from jaxvision import config as config_lib
 from jaxvision import grids, models, optim, parallel
 from jaxvision.errors import ConfigError
+from jaxvision.tasks.accumulate import accumulate
 from jaxvision.tasks.task import (
   Task,
   check_batch,
@@ -69,6 +72,7 @@ class VAEOptions:
   likelihood: str = 'bernoulli'
   seed: int = 0
   lr: Any = None  # the learning-rate schedule, logged as train/lr
+  accum_steps: int = 1  # microbatches per update (optim.accum_steps)
 
 
 @struct.dataclass
@@ -175,6 +179,7 @@ def init(config, rng, sample_batch) -> VAEState:
     likelihood=likelihood,
     seed=int(config.seed),
     lr=lr,
+    accum_steps=int(config.optim.accum_steps),
   )
   init_rng, state_rng = jax.random.split(rng)
   params = models.init(model, init_rng, sample_batch['image'], _labels(model, sample_batch))[
@@ -416,7 +421,8 @@ def train_step(
   Returns:
     (the next state, {'loss', 'neg_elbo', 'recon', 'kl', 'beta', 'grad_norm', 'lr'}; nats):
     f32[] batch means per image of the loss (recon + beta_t * KL), recon + KL, recon and KL,
-    then beta_t, the gradients' global norm and the learning rate.
+    then beta_t, the gradients' global norm and the learning rate (with opts.accum_steps > 1:
+    over its microbatches, see `accumulate.accumulate`).
   """
   _check_batch(batch)
   bin_rng, z_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
@@ -430,20 +436,24 @@ def train_step(
   )
   beta = kl_weight(state.opts, state.step)
 
-  def loss_fn(params):
-    recon, kl = _elbo_terms(state.model, params, x, y, eps, state.opts.likelihood)
-    return jnp.mean(recon + beta * kl), (recon, kl)
+  def loss_fn(params, rows, rng, carry):
+    del rng  # no random draw inside: binarisation and noise are drawn for the batch above
+    recon, kl = _elbo_terms(
+      state.model, params, rows['x'], rows['y'], rows['eps'], state.opts.likelihood
+    )
+    loss = jnp.mean(recon + beta * kl)
+    means = {'neg_elbo': jnp.mean(recon + kl), 'recon': jnp.mean(recon), 'kl': jnp.mean(kl)}
+    return loss, ({'loss': loss, **means}, carry)
 
-  (loss, (recon, kl)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grads, metrics, _ = accumulate(
+    loss_fn, state.params, {'x': x, 'y': y, 'eps': eps}, state.opts.accum_steps
+  )
   grads = parallel.batch_mean(split, grads)
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   new_state = state.replace(
     step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state
   )
-  metrics = parallel.batch_mean(
-    split,
-    {'loss': loss, 'neg_elbo': jnp.mean(recon + kl), 'recon': jnp.mean(recon), 'kl': jnp.mean(kl)},
-  )
+  metrics = parallel.batch_mean(split, metrics)
   metrics.update(beta=beta, grad_norm=optax.global_norm(grads), lr=state.opts.lr(state.step))
   return new_state, metrics
 
