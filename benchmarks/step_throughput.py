@@ -55,6 +55,7 @@ JAX_VARIANTS = {
   'xla_conv_noynn': {'model.conv_impl': 'xla', 'cpu_convolutions': 'xla'},
   'im2col_conv': {'model.conv_impl': 'im2col'},
   'remat': {'model.remat': True},  # ResNet, ViT: each block recomputed in the backward pass
+  'bf16': {'dtype': 'bfloat16'},  # mixed precision: activations and matmuls in bf16
 }
 
 
@@ -229,8 +230,8 @@ def load_config(name: str, batch: int):
 
 def jax_variant(name: str, variant: str, batch: int, local_batch: dict):
   """(runner, compile seconds) for an extra jax column: the product step with another conv_impl
-  and/or config.cpu_convolutions, or model.remat on; None where the variant does not apply to
-  the model."""
+  and/or config.cpu_convolutions, model.remat on, or config.dtype='bfloat16'; None where the
+  variant does not apply to the model."""
   from jaxvision import experiment
 
   config = load_config(name, batch)
@@ -248,6 +249,8 @@ def jax_variant(name: str, variant: str, batch: int, local_batch: dict):
     if config.cpu_convolutions == overrides['cpu_convolutions'] and conv_impl is None:
       return None
     config.cpu_convolutions = overrides['cpu_convolutions']
+  if 'dtype' in overrides:
+    config.dtype = overrides['dtype']
   exp = experiment.setup(config, tempfile.mkdtemp(prefix='bench_'))
   jbatch = exp.train_batch(local_batch)
   t = time.perf_counter()

@@ -18,6 +18,9 @@ OPTIMIZERS = ('adam', 'adamw', 'sgd', 'momentum')
 SCHEDULES = ('constant', 'cosine', 'warmup_cosine', 'onecycle')
 SCALES = ('zero_one', 'minus_one_one', 'imagenet')
 AUGMENTS = ('none', 'shift', 'crop_flip', 'inception_crop')
+# The models' computation dtype: activations and matmuls; parameters, optimizer state, BatchNorm
+# statistics and the losses are float32 either way (mixed precision).
+DTYPES = ('float32', 'bfloat16')
 
 
 def base() -> ml_collections.ConfigDict:
@@ -31,6 +34,7 @@ def base() -> ml_collections.ConfigDict:
   c.task = 'classification'
   c.allow_config_change = False  # resume a workdir written with another config
   c.debug_nans = False  # jax_debug_nans: re-run a NaN-producing op un-jitted to name it (slow)
+  c.dtype = 'float32'  # 'bfloat16': activations and matmuls in bf16, params and losses in f32
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'cnn'  # the other model.* keys are the model's constructor fields
@@ -317,6 +321,7 @@ def validate(config) -> None:
       )
   choice(config, 'parallel', ('jit', 'pmap'))
   choice(config, 'cpu_convolutions', ('ynnpack', 'xla'))
+  choice(config, 'dtype', DTYPES)
   if config.parallel == 'pmap' and (config.mesh.fsdp != 1 or config.mesh.model != 1):
     raise ConfigError(
       f'parallel=pmap is data parallel only, but mesh.fsdp={config.mesh.fsdp}, '

@@ -84,6 +84,30 @@ CASES = [
   ),
   (['--config', 'configs/cnn.py:smoke', '--config.seed=-1'], TRAINED, 2, 'seed=-1 must be >= 0'),
   (
+    ['--config', 'configs/cnn.py:smoke', '--config.dtype=float16'],
+    TRAINED,
+    2,
+    "dtype='float16' is not allowed; use one of: float32, bfloat16",
+  ),
+  (
+    ['--config', 'configs/dcgan.py:smoke', '--config.dtype=bf16'],
+    NEW,
+    2,
+    "dtype='bf16' is not allowed; use one of: float32, bfloat16",
+  ),
+  (
+    ['--config', 'configs/cnn.py:smoke', '--config.dtype=bfloat16'],
+    TRAINED,
+    2,
+    'holds a run of another config (dtype: ',
+  ),
+  (
+    ['--config', 'configs/cnn.py:smoke', '--config.model.dtype=bfloat16'],
+    NEW,
+    2,
+    "--config.model.dtype: unknown config key 'dtype'",
+  ),
+  (
     ['--config', 'configs/cnn.py:smoke', '--config.data.per_class=-5'],
     TRAINED,
     2,

@@ -1,7 +1,10 @@
 """Model registry: `config.model.name` picks the class, the other `config.model`
 keys are its constructor fields. Models are plain Flax modules that know
 nothing of losses or optimizers; classifiers take `(x, *, train)`, VAEs have
-`encode(x, y)` / `decode(z, y)` (see models/vae.py)."""
+`encode(x, y)` / `decode(z, y)` (see models/vae.py). Every model has a `dtype`
+field, the computation dtype of its activations and matmuls, which `get` sets
+from the top-level config.dtype (mixed precision: parameters stay float32, and
+what feeds a loss is returned in float32)."""
 
 import dataclasses
 import math
@@ -9,6 +12,7 @@ import math
 import flax.linen as nn
 import jax
 import jax.extend.random
+import jax.numpy as jnp
 
 from jaxvision.errors import ConfigError
 from jaxvision.models import attention, cnn, cnn_rnn, gan, lstm, resnet, unet, vae, vit
@@ -33,8 +37,12 @@ MODELS: dict[str, type[nn.Module]] = {
 SHARDING_RULES: dict[str, tuple] = {'vit': vit.SHARDING_RULES}
 
 
-# Fields a model gets from the task at run time, not from the config.
-RUNTIME_FIELDS = ('parent', 'name', 'batch_split')
+# Fields a model gets from the task at run time, not from config.model: `dtype` (the computation
+# dtype) comes from the top-level config.dtype.
+RUNTIME_FIELDS = ('parent', 'name', 'batch_split', 'dtype')
+
+# config.dtype -> the models' computation dtype (the values of jaxvision.config.DTYPES).
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
 def _fields(cls) -> list[dataclasses.Field]:
@@ -73,7 +81,8 @@ def check_kwargs(model_config) -> None:
     model_config: config.model; its `name` must be a key of `MODELS`.
 
   Raises:
-    ConfigError: (one line) a key that is not a field of the model, a switch (a field typed
+    ConfigError: (one line) a key that is not a field of the model (`dtype` among them: it is
+      the top-level config.dtype), a switch (a field typed
       `bool`, e.g. `remat`) that is not True or False, a rate outside [0, 1), a width or size
       below its minimum, or a `conv_impl` not in `CONV_IMPLS`.
   """
@@ -83,6 +92,11 @@ def check_kwargs(model_config) -> None:
   for key in model_config:
     if key == 'name':
       continue
+    if key == 'dtype':
+      raise ConfigError(
+        f'model.dtype is not a config key; the computation dtype is the top-level dtype, '
+        f'e.g. --config.dtype={model_config.dtype}'
+      )
     if key not in allowed:
       raise ConfigError(
         f'model.{key} is not a field of model {model_config.name!r}; '
@@ -114,19 +128,21 @@ def check_kwargs(model_config) -> None:
       )
 
 
-def get(model_config) -> nn.Module:
+def get(model_config, dtype: str = 'float32') -> nn.Module:
   """The model that config.model describes.
 
   Args:
     model_config: config.model: `name` picks the class in `MODELS`, the other keys are its
       constructor fields (lists become tuples, so the module stays hashable).
+    dtype: the computation dtype of its activations and matmuls, config.dtype ('float32' or
+      'bfloat16'); its parameters are float32 either way.
 
   Returns:
     The unbound Flax module.
   """
   kwargs = {k: v for k, v in model_config.to_dict().items() if k != 'name'}
   kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
-  return MODELS[model_config.name](**kwargs)
+  return MODELS[model_config.name](**kwargs, dtype=DTYPES[dtype])
 
 
 _THREEFRY = jax.extend.random.threefry_prng_impl

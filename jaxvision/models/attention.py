@@ -9,6 +9,8 @@ features into one context vector, which the classifier head reads.
 softmax weights over positions, for inspection.
 """
 
+import math
+
 import chex
 import flax.linen as nn
 import jax
@@ -36,6 +38,8 @@ class AttentionClassifier(nn.Module):
     hidden: width of the dense layer between the pooled context and the head.
     dropout: rate on the pooled context and on the hidden layer.
     batch_split: the pmap path's batch layout (train steps); None under jit.
+    dtype: the computation dtype of the activations and matmuls (config.dtype, set by the task);
+      the parameters and both softmaxes are float32 either way.
   """
 
   num_classes: int = 10
@@ -47,6 +51,7 @@ class AttentionClassifier(nn.Module):
   hidden: int = 256
   dropout: float = 0.1
   batch_split: parallel.BatchSplit | None = None  # the pmap path's batch layout (train steps)
+  dtype: jnp.dtype = jnp.float32
 
   def _positions(self, x):
     """[B, H, W, C] -> [B, positions, features] rows or patches."""
@@ -72,22 +77,26 @@ class AttentionClassifier(nn.Module):
     Raises:
       ValueError: `tokens` is not one of `TOKENS`, or the patches do not divide the image.
     """
-    h = nn.Dense(self.dim, name='project')(self._positions(x))
-    h = nn.LayerNorm()(PositionEmbedding()(nn.gelu(h)))
+    dense = lambda features, name=None: nn.Dense(features, name=name, dtype=self.dtype)
+    norm = lambda: nn.LayerNorm(dtype=self.dtype)
+    # softmax in float32, its weights back in the computation dtype for the matmul
+    softmax = lambda s, axis: jax.nn.softmax(s.astype(jnp.float32), axis=axis)
+    h = dense(self.dim, 'project')(self._positions(x))
+    h = norm()(PositionEmbedding()(nn.gelu(h)))
     for i in range(self.layers):
-      q, k, v = (nn.Dense(self.dim, name=f'attn{i + 1}_{n}')(h) for n in 'qkv')
-      weights = jax.nn.softmax(jnp.einsum('bqd,bkd->bqk', q, k) / jnp.sqrt(self.dim), axis=-1)
-      h = nn.LayerNorm()(h + nn.Dense(self.dim, name=f'attn{i + 1}_out')(weights @ v))
-      h = nn.LayerNorm()(h + nn.Dense(self.dim)(nn.gelu(nn.Dense(2 * self.dim)(h))))
+      q, k, v = (dense(self.dim, f'attn{i + 1}_{n}')(h) for n in 'qkv')
+      weights = softmax(jnp.einsum('bqd,bkd->bqk', q, k) / math.sqrt(self.dim), -1)
+      h = norm()(h + dense(self.dim, f'attn{i + 1}_out')(weights.astype(self.dtype) @ v))
+      h = norm()(h + dense(self.dim)(nn.gelu(dense(2 * self.dim)(h))))
     # Attention pooling: `pool_heads` softmax distributions over positions.
-    scores = nn.Dense(self.pool_heads, name='pool_scores')(jnp.tanh(nn.Dense(self.dim)(h)))
-    weights = jax.nn.softmax(scores, axis=1)  # [B, positions, heads]
+    scores = dense(self.pool_heads, 'pool_scores')(jnp.tanh(dense(self.dim)(h)))
+    weights = softmax(scores, 1)  # [B, positions, heads]
     self.sow('intermediates', 'attention_weights', weights)
-    context = jnp.einsum('bph,bpd->bhd', weights, h).reshape(x.shape[0], -1)
+    context = jnp.einsum('bph,bpd->bhd', weights.astype(self.dtype), h).reshape(x.shape[0], -1)
     context = layers.Dropout(self.dropout, deterministic=not train, split=self.batch_split)(context)
     y = layers.Dropout(self.dropout, deterministic=not train, split=self.batch_split)(
-      nn.gelu(nn.Dense(self.hidden)(context))
+      nn.gelu(dense(self.hidden)(context))
     )
-    logits = nn.Dense(self.num_classes, name='head')(y)
+    logits = dense(self.num_classes, 'head')(y)
     chex.assert_shape(logits, (x.shape[0], self.num_classes))
     return logits.astype(jnp.float32)

@@ -30,6 +30,8 @@ class CNN(nn.Module):
     dropout: (rate after the pool, rate after the hidden layer), for 'bn_dropout' only.
     bn_momentum: momentum of BatchNorm's running averages.
     batch_split: the pmap path's batch layout (train steps); None under jit.
+    dtype: the computation dtype of the activations and matmuls (config.dtype, set by the task);
+      the parameters and BatchNorm statistics are float32 either way.
   """
 
   num_classes: int = 10
@@ -40,13 +42,15 @@ class CNN(nn.Module):
   dropout: tuple[float, float] = (0.25, 0.5)
   bn_momentum: float = 0.9
   batch_split: parallel.BatchSplit | None = None  # the pmap path's batch layout (train steps)
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, *, train: bool, features: bool = False):
     """Classifies a batch of images.
 
     Args:
-      x: images f32[B, H, W, C] (any size the convs and the pool leave non-empty).
+      x: images f32[B, H, W, C] (any size the convs and the pool leave non-empty); the first conv
+        casts them to `dtype`.
       train: batch statistics and dropout (True), or running averages and no dropout.
       features: return the hidden layer instead of the logits.
 
@@ -62,21 +66,23 @@ class CNN(nn.Module):
       raise ValueError(f'model.variant={self.variant!r}; use one of {VARIANTS}')
     bn = self.variant == 'bn_dropout'
     norm = lambda: layers.batch_norm(
-      self.batch_split, use_running_average=not train, momentum=self.bn_momentum
+      self.batch_split, use_running_average=not train, momentum=self.bn_momentum, dtype=self.dtype
     )
     for f in self.features:
-      x = layers.Conv(f, (3, 3), padding='VALID', impl=self.conv_impl, use_bias=not bn)(x)
+      x = layers.Conv(
+        f, (3, 3), padding='VALID', impl=self.conv_impl, use_bias=not bn, dtype=self.dtype
+      )(x)
       x = nn.relu(norm()(x) if bn else x)
     x = layers.max_pool_2x2(x)
     if bn:
       x = layers.Dropout(self.dropout[0], deterministic=not train, split=self.batch_split)(x)
     x = x.reshape(x.shape[0], -1)
-    x = nn.Dense(self.hidden, use_bias=not bn)(x)
+    x = nn.Dense(self.hidden, use_bias=not bn, dtype=self.dtype)(x)
     x = nn.relu(norm()(x) if bn else x)
     if features:
-      return x
+      return x.astype(jnp.float32)
     if bn:
       x = layers.Dropout(self.dropout[1], deterministic=not train, split=self.batch_split)(x)
-    logits = nn.Dense(self.num_classes)(x)
+    logits = nn.Dense(self.num_classes, dtype=self.dtype)(x)
     chex.assert_shape(logits, (x.shape[0], self.num_classes))
     return logits.astype(jnp.float32)

@@ -19,7 +19,8 @@ from jaxvision.models import layers
 
 class FrameEncoder(nn.Module):
   """The per-frame CNN: (3x3 conv [-> BatchNorm] -> ReLU -> 2x2 max-pool) per entry of
-  `features`, dropout, then a dense ReLU layer of `dim` features and dropout again."""
+  `features`, dropout, then a dense ReLU layer of `dim` features and dropout again, computed in
+  `dtype`."""
 
   features: tuple[int, ...] = (32, 64)
   dim: int = 128
@@ -27,6 +28,7 @@ class FrameEncoder(nn.Module):
   norm: bool = True
   dropout: tuple[float, float] = (0.0, 0.0)
   batch_split: parallel.BatchSplit | None = None
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, *, train: bool):
@@ -37,16 +39,20 @@ class FrameEncoder(nn.Module):
       train: batch statistics and dropout (True), or running averages and no dropout.
 
     Returns:
-      Frame features f32[N, dim].
+      Frame features [N, dim] in `dtype`.
     """
     chex.assert_rank(x, 4)
     for f in self.features:
-      x = layers.Conv(f, (3, 3), padding='SAME', impl=self.conv_impl, use_bias=not self.norm)(x)
+      x = layers.Conv(
+        f, (3, 3), padding='SAME', impl=self.conv_impl, use_bias=not self.norm, dtype=self.dtype
+      )(x)
       if self.norm:  # statistics over all B*T frames of the batch
-        x = layers.batch_norm(self.batch_split, use_running_average=not train, momentum=0.9)(x)
+        x = layers.batch_norm(
+          self.batch_split, use_running_average=not train, momentum=0.9, dtype=self.dtype
+        )(x)
       x = layers.max_pool_2x2(nn.relu(x))
     x = layers.Dropout(self.dropout[0], deterministic=not train, split=self.batch_split)(x)
-    x = nn.relu(nn.Dense(self.dim)(x.reshape(x.shape[0], -1)))
+    x = nn.relu(nn.Dense(self.dim, dtype=self.dtype)(x.reshape(x.shape[0], -1)))
     return layers.Dropout(self.dropout[1], deterministic=not train, split=self.batch_split)(x)
 
 
@@ -63,6 +69,8 @@ class CNNRNN(nn.Module):
     norm: BatchNorm after each conv of the frame encoder.
     dropout: (rate after the conv stack, rate on the frame features).
     batch_split: the pmap path's batch layout (train steps); None under jit.
+    dtype: the computation dtype of the activations and matmuls (config.dtype, set by the task);
+      the parameters, BatchNorm statistics and the LSTM's state are float32 either way.
   """
 
   num_classes: int = 37  # sums of 4 digits: 0 ... 36
@@ -74,6 +82,7 @@ class CNNRNN(nn.Module):
   norm: bool = True
   dropout: tuple[float, float] = (0.0, 0.0)
   batch_split: parallel.BatchSplit | None = None  # the pmap path's batch layout (train steps)
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, *, train: bool):
@@ -103,10 +112,12 @@ class CNNRNN(nn.Module):
       self.norm,
       self.dropout,
       self.batch_split,
+      self.dtype,
       name='frames',
     )(x.reshape(b * t, *x.shape[2:]), train=train)
     frames = frames.reshape(b, t, -1)
-    carry, _ = nn.RNN(nn.OptimizedLSTMCell(self.hidden, name='lstm'), return_carry=True)(frames)
-    logits = nn.Dense(self.num_classes, name='head')(carry[1])
+    cell = nn.OptimizedLSTMCell(self.hidden, name='lstm', dtype=self.dtype)
+    carry, _ = nn.RNN(cell, return_carry=True)(frames)
+    logits = nn.Dense(self.num_classes, name='head', dtype=self.dtype)(carry[1])
     chex.assert_shape(logits, (b, self.num_classes))
     return logits.astype(jnp.float32)

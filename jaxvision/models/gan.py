@@ -47,33 +47,36 @@ CONDITIONINGS = ('concat', 'projection')
 
 class _Logits(nn.Module):
   """The discriminator's last step: logits from features h (and labels y); with
-  `info_codes` > 0 also the code logits of an InfoGAN's Q head, (logits, code_logits)."""
+  `info_codes` > 0 also the code logits of an InfoGAN's Q head, (logits, code_logits). Computed
+  in `dtype`; the logits are returned in float32, for the losses."""
 
   num_classes: int
   conditioning: str
   info_codes: int = 0
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, h, y):
-    """Features f32[B, F] and labels i32[B] (or None) -> logits f32[B], or (logits, code
-    logits f32[B, info_codes]) for an InfoGAN."""
-    logits = nn.Dense(1, name='out')(h)[:, 0]
+    """Features [B, F] (in `dtype`) and labels i32[B] (or None) -> logits f32[B], or (logits,
+    code logits f32[B, info_codes]) for an InfoGAN."""
+    logits = nn.Dense(1, name='out', dtype=self.dtype)(h)[:, 0].astype(jnp.float32)
     if self.num_classes and self.conditioning == 'projection':
-      embed = nn.Embed(self.num_classes, h.shape[-1], name='label_projection')(y)
-      logits = logits + jnp.sum(embed * h, axis=-1)
+      embed = nn.Embed(self.num_classes, h.shape[-1], name='label_projection', dtype=self.dtype)(y)
+      logits = logits + jnp.sum(embed * h, axis=-1, dtype=jnp.float32)
     if not self.info_codes:
       return logits
-    q = nn.leaky_relu(nn.Dense(128, name='code_hidden')(h), 0.2)
-    return logits, nn.Dense(self.info_codes, name='code')(q)
+    q = nn.leaky_relu(nn.Dense(128, name='code_hidden', dtype=self.dtype)(h), 0.2)
+    return logits, nn.Dense(self.info_codes, name='code', dtype=self.dtype)(q).astype(jnp.float32)
 
 
 class MLPGenerator(nn.Module):
   """Fully connected G: [z; label embedding] -> `hidden` dense layers (LeakyReLU 0.2) -> tanh
-  pixels of `image_shape`. `num_classes` > 0 embeds y (50 features)."""
+  pixels of `image_shape`. `num_classes` > 0 embeds y (50 features). Computed in `dtype`."""
 
   hidden: tuple[int, ...]
   num_classes: int
   image_shape: tuple[int, ...]
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, z, y, *, train: bool):
@@ -88,27 +91,26 @@ class MLPGenerator(nn.Module):
       Images f32[B, *image_shape] in [-1, 1].
     """
     del train
-    h = (
-      jnp.concatenate([z, nn.Embed(self.num_classes, 50, name='label_embed')(y)], -1)
-      if self.num_classes
-      else z
-    )
+    h = z.astype(self.dtype)
+    if self.num_classes:
+      embed = nn.Embed(self.num_classes, 50, name='label_embed', dtype=self.dtype)
+      h = jnp.concatenate([h, embed(y)], -1)
     for i, width in enumerate(self.hidden):
-      h = nn.leaky_relu(nn.Dense(width, name=f'dense{i}')(h), 0.2)
-    return jnp.tanh(nn.Dense(math.prod(self.image_shape), name='out')(h)).reshape(
-      z.shape[0], *self.image_shape
-    )
+      h = nn.leaky_relu(nn.Dense(width, name=f'dense{i}', dtype=self.dtype)(h), 0.2)
+    out = nn.Dense(math.prod(self.image_shape), name='out', dtype=self.dtype)(h)
+    return jnp.tanh(out).reshape(z.shape[0], *self.image_shape).astype(jnp.float32)
 
 
 class MLPDiscriminator(nn.Module):
   """Fully connected D: flattened pixels [; label embedding] -> `hidden` dense layers
-  (LeakyReLU 0.2, dropout `dropout`) -> `_Logits`."""
+  (LeakyReLU 0.2, dropout `dropout`) -> `_Logits`. Computed in `dtype`."""
 
   hidden: tuple[int, ...]
   dropout: float
   num_classes: int
   conditioning: str
   batch_split: parallel.BatchSplit | None = None
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, y, *, train: bool):
@@ -122,13 +124,14 @@ class MLPDiscriminator(nn.Module):
     Returns:
       Logits f32[B].
     """
-    h = x.reshape(x.shape[0], -1)
+    h = x.reshape(x.shape[0], -1).astype(self.dtype)
     if self.num_classes and self.conditioning == 'concat':
-      h = jnp.concatenate([h, nn.Embed(self.num_classes, 50, name='label_embed')(y)], -1)
+      embed = nn.Embed(self.num_classes, 50, name='label_embed', dtype=self.dtype)
+      h = jnp.concatenate([h, embed(y)], -1)
     for i, width in enumerate(self.hidden):
-      h = nn.leaky_relu(nn.Dense(width, name=f'dense{i}')(h), 0.2)
+      h = nn.leaky_relu(nn.Dense(width, name=f'dense{i}', dtype=self.dtype)(h), 0.2)
       h = layers.Dropout(self.dropout, deterministic=not train, split=self.batch_split)(h)
-    return _Logits(self.num_classes, self.conditioning, name='head')(h, y)
+    return _Logits(self.num_classes, self.conditioning, dtype=self.dtype, name='head')(h, y)
 
 
 def dcgan_geometry(image_shape) -> tuple[int, int]:
@@ -155,21 +158,26 @@ def dcgan_geometry(image_shape) -> tuple[int, int]:
   return base, ups
 
 
-def _upsample_2x(features: int, upsample: str, conv_impl: str, name: str, use_bias: bool = False):
-  """A stride-2 upsampling conv: a 4x4 transposed conv, or the sub-pixel form (a 3x3 conv to
-  4x the channels at the low resolution, then depth-to-space), which covers every 4x4
-  stride-2 transposed conv and runs several times faster on CPU."""
+def _upsample_2x(
+  features: int, upsample: str, conv_impl: str, name: str, dtype, use_bias: bool = False
+):
+  """A stride-2 upsampling conv, computed in `dtype`: a 4x4 transposed conv, or the sub-pixel
+  form (a 3x3 conv to 4x the channels at the low resolution, then depth-to-space), which covers
+  every 4x4 stride-2 transposed conv and runs several times faster on CPU."""
   if upsample == 'transpose':
-    return nn.ConvTranspose(features, (4, 4), strides=(2, 2), use_bias=use_bias, name=name)
+    return nn.ConvTranspose(
+      features, (4, 4), strides=(2, 2), use_bias=use_bias, name=name, dtype=dtype
+    )
   conv = layers.Conv(
-    4 * features, (3, 3), padding='SAME', use_bias=use_bias, impl=conv_impl, name=name
+    4 * features, (3, 3), padding='SAME', use_bias=use_bias, impl=conv_impl, name=name, dtype=dtype
   )
   return lambda x: layers.depth_to_space(conv(x), 2)
 
 
 class DCGANGenerator(nn.Module):
   """DCGAN G: [z; label embedding] -> dense to base x base x `features` * 2^ups -> upsampling
-  convs (BatchNorm, ReLU) halving the channels at each doubling -> tanh pixels."""
+  convs (BatchNorm, ReLU) halving the channels at each doubling -> tanh pixels. Computed in
+  `dtype`; the BatchNorm statistics are float32 either way."""
 
   features: int
   num_classes: int
@@ -178,6 +186,7 @@ class DCGANGenerator(nn.Module):
   upsample: str = 'subpixel'
   conv_impl: str = 'im2col'
   batch_split: parallel.BatchSplit | None = None
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, z, y, *, train: bool):
@@ -196,22 +205,27 @@ class DCGANGenerator(nn.Module):
     """
     base, ups = dcgan_geometry(self.image_shape)
     norm = lambda name: layers.batch_norm(
-      self.batch_split, use_running_average=not train, momentum=self.bn_momentum, name=name
+      self.batch_split,
+      use_running_average=not train,
+      momentum=self.bn_momentum,
+      name=name,
+      dtype=self.dtype,
     )
-    h = (
-      jnp.concatenate([z, nn.Embed(self.num_classes, 50, name='label_embed')(y)], -1)
-      if self.num_classes
-      else z
+    up = lambda features, name, use_bias=False: _upsample_2x(
+      features, self.upsample, self.conv_impl, name, self.dtype, use_bias
     )
-    h = nn.Dense(base * base * self.features * 2**ups, use_bias=False, name='dense')(h)
+    h = z.astype(self.dtype)
+    if self.num_classes:
+      embed = nn.Embed(self.num_classes, 50, name='label_embed', dtype=self.dtype)
+      h = jnp.concatenate([h, embed(y)], -1)
+    h = nn.Dense(
+      base * base * self.features * 2**ups, use_bias=False, name='dense', dtype=self.dtype
+    )(h)
     h = nn.relu(norm('norm0')(h.reshape(z.shape[0], base, base, -1)))
     for i in range(ups - 1):
-      h = _upsample_2x(
-        self.features * 2 ** (ups - 1 - i), self.upsample, self.conv_impl, f'deconv{i}'
-      )(h)
+      h = up(self.features * 2 ** (ups - 1 - i), f'deconv{i}')(h)
       h = nn.relu(norm(f'norm{i + 1}')(h))
-    out = _upsample_2x(self.image_shape[-1], self.upsample, self.conv_impl, 'out', use_bias=True)
-    return jnp.tanh(out(h))
+    return jnp.tanh(up(self.image_shape[-1], 'out', use_bias=True)(h)).astype(jnp.float32)
 
 
 class DCGANDiscriminator(nn.Module):
@@ -225,6 +239,7 @@ class DCGANDiscriminator(nn.Module):
   conv_impl: str = 'im2col'
   info_codes: int = 0
   batch_split: parallel.BatchSplit | None = None
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, y, *, train: bool):
@@ -239,9 +254,10 @@ class DCGANDiscriminator(nn.Module):
       Logits f32[B]; with `info_codes` > 0, (logits, code logits f32[B, info_codes]).
     """
     _, ups = dcgan_geometry(x.shape[1:])
-    h = x
+    h = x.astype(self.dtype)
     if self.num_classes and self.conditioning == 'concat':  # one label plane, learned per class
-      plane = nn.Embed(self.num_classes, 1, name='label_embed')(y)[:, None, None, :]
+      plane = nn.Embed(self.num_classes, 1, name='label_embed', dtype=self.dtype)(y)
+      plane = plane[:, None, None, :]
       h = jnp.concatenate([h, jnp.broadcast_to(plane, (*x.shape[:3], 1))], -1)
     for i in range(ups):
       conv = layers.Conv(
@@ -251,10 +267,11 @@ class DCGANDiscriminator(nn.Module):
         padding='SAME',
         impl=self.conv_impl,
         name=f'conv{i}',
+        dtype=self.dtype,
       )
       h = nn.leaky_relu(conv(h), 0.2)
       h = layers.Dropout(self.dropout, deterministic=not train, split=self.batch_split)(h)
-    return _Logits(self.num_classes, self.conditioning, self.info_codes, name='head')(
+    return _Logits(self.num_classes, self.conditioning, self.info_codes, self.dtype, name='head')(
       h.reshape(x.shape[0], -1), y
     )
 
@@ -369,6 +386,9 @@ class MLPGAN(_GAN):
     conditioning: how D takes the label: 'concat' or 'projection' (see the module docstring).
     image_shape: the images' (H, W, C); the task sets it from the data.
     batch_split: the pmap path's batch layout (train steps); None under jit.
+    dtype: the computation dtype of both networks' activations and matmuls (config.dtype, set by
+      the task); the parameters are float32 either way, and so are the images and logits they
+      return.
   """
 
   latents: int = 100
@@ -379,11 +399,17 @@ class MLPGAN(_GAN):
   conditioning: str = 'concat'
   image_shape: tuple[int, ...] = (28, 28, 1)
   batch_split: parallel.BatchSplit | None = None  # the pmap path's batch layout (train steps)
+  dtype: jnp.dtype = jnp.float32
 
   def setup(self):
-    self.generator = MLPGenerator(self.g_hidden, self.num_classes, self.image_shape)
+    self.generator = MLPGenerator(self.g_hidden, self.num_classes, self.image_shape, self.dtype)
     self.discriminator = MLPDiscriminator(
-      self.d_hidden, self.d_dropout, self.num_classes, self.conditioning, self.batch_split
+      self.d_hidden,
+      self.d_dropout,
+      self.num_classes,
+      self.conditioning,
+      self.batch_split,
+      self.dtype,
     )
 
 
@@ -404,6 +430,9 @@ class DCGAN(_GAN):
     info_codes: > 0: an InfoGAN with a categorical code of this many values (num_classes = 0).
     image_shape: the images' (H, W, C); the task sets it from the data.
     batch_split: the pmap path's batch layout (train steps); None under jit.
+    dtype: the computation dtype of both networks' activations and matmuls (config.dtype, set by
+      the task); the parameters and G's BatchNorm statistics are float32 either way, and so are
+      the images and logits they return.
   """
 
   latents: int = 100
@@ -418,6 +447,7 @@ class DCGAN(_GAN):
   info_codes: int = 0  # > 0: an InfoGAN with a categorical code of this many values
   image_shape: tuple[int, ...] = (28, 28, 1)
   batch_split: parallel.BatchSplit | None = None  # the pmap path's batch layout (train steps)
+  dtype: jnp.dtype = jnp.float32
 
   def setup(self):
     if self.upsample not in ('subpixel', 'transpose'):
@@ -430,6 +460,7 @@ class DCGAN(_GAN):
       self.upsample,
       self.conv_impl,
       self.batch_split,
+      self.dtype,
     )
     self.discriminator = DCGANDiscriminator(
       self.d_features,
@@ -439,4 +470,5 @@ class DCGAN(_GAN):
       self.conv_impl,
       self.info_codes,
       self.batch_split,
+      self.dtype,
     )

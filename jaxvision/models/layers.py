@@ -8,8 +8,12 @@ loop so the patch tensor stays in cache. The backward pass is a hand-written
 * ``dkernel = sum_chunks patches(x_c)^T @ g_c`` (patches recomputed per chunk,
   accumulated in a loop carry, float32 or wider);
 * ``dx = col2im(g_c @ kernel^T)``: one matmul back to patch space, then the
-  kh*kw windows are scattered back (as strided pads) and summed. This handles
-  any stride without wasted FLOPs.
+  kh*kw windows are scattered back (as strided pads) and summed (in float32 or
+  wider). This handles any stride without wasted FLOPs.
+
+bfloat16 activations and kernels work with either impl: the matmuls take the
+inputs' dtype (as ``lax.conv_general_dilated`` does), the sums above are
+float32, and the results are cast back to the inputs' dtype.
 
 Convs with few patch features (kh*kw*cin <= 32, e.g. a first layer on
 grayscale/RGB input) compute the forward as a sum of shifted broadcast
@@ -213,7 +217,10 @@ def _conv_im2col_bwd(strides, pads, chunk, res, g):
     return lax.dot_general(gc, p, dims).T
 
   w2t = kernel.reshape(k, cout).T
-  dx_chunk = lambda gc: _col2im(_matmul(gc, w2t), x.shape[1:3], kh, kw, strides, pads)
+  # The kh*kw windows' contributions are summed in float32 (or wider), then cast to x's dtype.
+  dx_chunk = lambda gc: _col2im(
+    _matmul(gc, w2t).astype(acc_t), x.shape[1:3], kh, kw, strides, pads
+  ).astype(x.dtype)
   dk = _chunk_sum(dkernel, nc, xs, gs).reshape(kernel.shape).astype(kernel.dtype)
   dx = _from_chunks(_chunk_map(dx_chunk, nc, gs), n)
   return dx, dk

@@ -33,6 +33,8 @@ class LSTMClassifier(nn.Module):
     embed_dim: the token embedding's size.
     dropout: rate between stacked layers and on the final state.
     batch_split: the pmap path's batch layout (train steps); None under jit.
+    dtype: the computation dtype of the embedding, the LSTMs' matmuls and the head (config.dtype,
+      set by the task); the parameters and the LSTM cells' state are float32 either way.
   """
 
   num_classes: int = 10
@@ -44,6 +46,7 @@ class LSTMClassifier(nn.Module):
   embed_dim: int = 128
   dropout: float = 0.0
   batch_split: parallel.BatchSplit | None = None  # the pmap path's batch layout (train steps)
+  dtype: jnp.dtype = jnp.float32
 
   def _check(self, x):
     """ValueError unless one example of `x` has the shape `input_shape`."""
@@ -73,16 +76,18 @@ class LSTMClassifier(nn.Module):
     if self.vocab_size:
       chex.assert_rank(x, 2)
       lengths = jnp.sum(x != 0, axis=1).astype(jnp.int32)
-      h = nn.Embed(self.vocab_size, self.embed_dim, name='embed')(x)
+      h = nn.Embed(self.vocab_size, self.embed_dim, name='embed', dtype=self.dtype)(x)
     else:
       chex.assert_rank(x, 4)
       h = x.reshape(x.shape[0], x.shape[1], -1)  # rows as time steps
+    # The cells' matmuls run in `dtype`; their state (c, h) stays float32 (f * c + i * g promotes).
+    cell = lambda name: nn.OptimizedLSTMCell(self.hidden, name=name, dtype=self.dtype)
     final = None
     for i in range(self.layers):
-      fwd = nn.RNN(nn.OptimizedLSTMCell(self.hidden, name=f'lstm{i}'), return_carry=True)
+      fwd = nn.RNN(cell(f'lstm{i}'), return_carry=True)
       if self.bidirectional:
         bwd = nn.RNN(
-          nn.OptimizedLSTMCell(self.hidden, name=f'lstm{i}_reverse'),
+          cell(f'lstm{i}_reverse'),
           return_carry=True,
           reverse=True,
           keep_order=True,
@@ -96,6 +101,6 @@ class LSTMClassifier(nn.Module):
       if i + 1 < self.layers:
         h = layers.Dropout(self.dropout, deterministic=not train, split=self.batch_split)(h)
     final = layers.Dropout(self.dropout, deterministic=not train, split=self.batch_split)(final)
-    logits = nn.Dense(self.num_classes, name='head')(final)
+    logits = nn.Dense(self.num_classes, name='head', dtype=self.dtype)(final)
     chex.assert_shape(logits, (x.shape[0], self.num_classes))
     return logits.astype(jnp.float32)

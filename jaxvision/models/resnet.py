@@ -65,10 +65,10 @@ class BasicBlock(nn.Module):
     """Applies the block.
 
     Args:
-      x: f32[B, H, W, C].
+      x: [B, H, W, C] activations, in the ResNet's dtype.
 
     Returns:
-      f32[B, ceil(H/strides), ceil(W/strides), features].
+      [B, ceil(H/strides), ceil(W/strides), features], in the ResNet's dtype.
     """
     y = nn.relu(self.norm()(self.conv(self.features, (3, 3), strides=self.strides)(x)))
     y = self.norm(scale_init=nn.initializers.zeros_init())(self.conv(self.features, (3, 3))(y))
@@ -89,10 +89,10 @@ class BottleneckBlock(nn.Module):
     """Applies the block.
 
     Args:
-      x: f32[B, H, W, C].
+      x: [B, H, W, C] activations, in the ResNet's dtype.
 
     Returns:
-      f32[B, ceil(H/strides), ceil(W/strides), 4 * features].
+      [B, ceil(H/strides), ceil(W/strides), 4 * features], in the ResNet's dtype.
     """
     y = nn.relu(self.norm()(self.conv(self.features, (1, 1))(x)))
     y = nn.relu(self.norm()(self.conv(self.features, (3, 3), strides=self.strides)(y)))
@@ -119,6 +119,8 @@ class ResNet(nn.Module):
     remat: recompute each residual block's activations in the backward pass instead of storing
       them (`flax.linen.remat`); the same parameters, statistics and function.
     batch_split: the pmap path's batch layout (train steps); None under jit.
+    dtype: the computation dtype of the activations and matmuls (config.dtype, set by the task);
+      the parameters and BatchNorm statistics are float32 either way.
   """
 
   num_classes: int = 10
@@ -132,6 +134,7 @@ class ResNet(nn.Module):
   frozen_batchnorm: bool = False
   remat: bool = False
   batch_split: parallel.BatchSplit | None = None  # the pmap path's batch layout (train steps)
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, *, train: bool):
@@ -162,6 +165,7 @@ class ResNet(nn.Module):
       padding='SAME',
       impl=self.conv_impl,
       kernel_init=nn.initializers.variance_scaling(2.0, 'fan_out', 'normal'),
+      dtype=self.dtype,
     )
     if self.padding == 'torch':
       conv = functools.partial(_torch_conv, conv)
@@ -171,6 +175,7 @@ class ResNet(nn.Module):
       use_running_average=not train or self.frozen_batchnorm,
       momentum=self.bn_momentum,
       epsilon=1e-5,
+      dtype=self.dtype,
     )
     if self.stem == 'cifar':
       x = conv(self.width, (3, 3), name='conv_stem')(x)
@@ -187,6 +192,6 @@ class ResNet(nn.Module):
         strides = 2 if i > 0 and j == 0 else 1
         x = block(self.width * 2**i, strides, conv, norm, name=f'stage{i + 1}_block{j + 1}')(x)
     x = jnp.mean(x, axis=(1, 2))
-    logits = nn.Dense(self.num_classes, name='head')(x)
+    logits = nn.Dense(self.num_classes, name='head', dtype=self.dtype)(x)
     chex.assert_shape(logits, (x.shape[0], self.num_classes))
     return logits.astype(jnp.float32)

@@ -42,7 +42,8 @@ def timestep_embedding(t, dim: int, max_period: float = 10000.0) -> jax.Array:
   return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
 
 
-def _conv(features: int, name: str, zero: bool = False, strides: int = 1):
+def _conv(features: int, name: str, dtype, zero: bool = False, strides: int = 1):
+  """A 3x3 SAME conv computed in `dtype`, zero-initialised when `zero`."""
   init = nn.initializers.zeros_init() if zero else nn.initializers.lecun_normal()
   return layers.Conv(
     features,
@@ -52,43 +53,51 @@ def _conv(features: int, name: str, zero: bool = False, strides: int = 1):
     impl='xla',
     kernel_init=init,
     name=name,
+    dtype=dtype,
   )
 
 
 class ResBlock(nn.Module):
   """GroupNorm, SiLU, conv; + the embedding's projection; GroupNorm, SiLU, dropout, conv (zero-
-  initialised, so a block starts as the identity); a 1x1 conv on the skip when widths differ."""
+  initialised, so a block starts as the identity); a 1x1 conv on the skip when widths differ.
+  Computed in `dtype` (GroupNorm's statistics in float32)."""
 
   features: int
   groups: int
   dropout: float = 0.0
   batch_split: parallel.BatchSplit | None = None
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, emb, *, train: bool):
-    h = _conv(self.features, 'conv1')(nn.silu(nn.GroupNorm(self.groups, name='norm1')(x)))
-    h = h + nn.Dense(self.features, name='emb')(nn.silu(emb))[:, None, None, :]
-    h = nn.silu(nn.GroupNorm(self.groups, name='norm2')(h))
+    norm = lambda name: nn.GroupNorm(self.groups, name=name, dtype=self.dtype)
+    h = _conv(self.features, 'conv1', self.dtype)(nn.silu(norm('norm1')(x)))
+    h = h + nn.Dense(self.features, name='emb', dtype=self.dtype)(nn.silu(emb))[:, None, None, :]
+    h = nn.silu(norm('norm2')(h))
     h = layers.Dropout(self.dropout, deterministic=not train, split=self.batch_split)(h)
-    h = _conv(self.features, 'conv2', zero=True)(h)
+    h = _conv(self.features, 'conv2', self.dtype, zero=True)(h)
     if x.shape[-1] != self.features:
-      x = layers.Conv(self.features, (1, 1), impl='xla', name='skip')(x)
+      x = layers.Conv(self.features, (1, 1), impl='xla', name='skip', dtype=self.dtype)(x)
     return x + h
 
 
 class Attention(nn.Module):
   """Self-attention over the H x W positions (GroupNorm first, the output projection
-  zero-initialised)."""
+  zero-initialised), computed in `dtype`."""
 
   heads: int
   groups: int
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     b, h, w, c = x.shape
-    y = nn.GroupNorm(self.groups, name='norm')(x).reshape(b, h * w, c)
+    y = nn.GroupNorm(self.groups, name='norm', dtype=self.dtype)(x).reshape(b, h * w, c)
     y = nn.MultiHeadDotProductAttention(
-      num_heads=self.heads, out_kernel_init=nn.initializers.zeros_init(), name='attention'
+      num_heads=self.heads,
+      out_kernel_init=nn.initializers.zeros_init(),
+      name='attention',
+      dtype=self.dtype,
     )(y, y)
     return x + y.reshape(b, h, w, c)
 
@@ -108,6 +117,9 @@ class UNet(nn.Module):
     num_classes: > 0 for a conditional model (labels 0 ... K-1; K means no label).
     image_shape: (H, W, C) of the data; the task sets it.
     batch_split: the pmap path's batch layout (dropout rows), set by the task in train steps.
+    dtype: the computation dtype of the activations and matmuls (config.dtype, set by the task);
+      the parameters, the time embedding's sinusoids and the prediction returned are float32
+      either way.
   """
 
   channels: int = 32
@@ -120,6 +132,7 @@ class UNet(nn.Module):
   num_classes: int = 0
   image_shape: tuple[int, ...] = (28, 28, 1)
   batch_split: parallel.BatchSplit | None = None
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, t, y=None, *, train: bool):
@@ -150,35 +163,38 @@ class UNet(nn.Module):
       )
     dim = 4 * self.channels
     emb = timestep_embedding(t, self.channels)
-    emb = nn.Dense(dim, name='time_mlp_1')(emb)
-    emb = nn.Dense(dim, name='time_mlp_2')(nn.silu(emb))
+    emb = nn.Dense(dim, name='time_mlp_1', dtype=self.dtype)(emb)
+    emb = nn.Dense(dim, name='time_mlp_2', dtype=self.dtype)(nn.silu(emb))
     if self.num_classes:  # row K is the "no label" of classifier-free guidance
-      emb = emb + nn.Embed(self.num_classes + 1, dim, name='label_embed')(y)
+      emb = emb + nn.Embed(self.num_classes + 1, dim, name='label_embed', dtype=self.dtype)(y)
 
-    block = lambda f, name: ResBlock(f, self.groups, self.dropout, self.batch_split, name=name)
-    h = _conv(self.channels, 'conv_in')(x)
+    block = lambda f, name: ResBlock(
+      f, self.groups, self.dropout, self.batch_split, self.dtype, name=name
+    )
+    attention = lambda name: Attention(self.heads, self.groups, self.dtype, name=name)
+    h = _conv(self.channels, 'conv_in', self.dtype)(x)
     skips = [h]
     for i, mult in enumerate(self.channel_mults):
       for j in range(self.blocks):
         h = block(self.channels * mult, f'down{i}_block{j}')(h, emb, train=train)
         if h.shape[1] in self.attention:
-          h = Attention(self.heads, self.groups, name=f'down{i}_attention{j}')(h)
+          h = attention(f'down{i}_attention{j}')(h)
         skips.append(h)
       if i + 1 < len(self.channel_mults):
-        h = _conv(h.shape[-1], f'down{i}_downsample', strides=2)(h)
+        h = _conv(h.shape[-1], f'down{i}_downsample', self.dtype, strides=2)(h)
         skips.append(h)
     h = block(h.shape[-1], 'middle_block0')(h, emb, train=train)
-    h = Attention(self.heads, self.groups, name='middle_attention')(h)
+    h = attention('middle_attention')(h)
     h = block(h.shape[-1], 'middle_block1')(h, emb, train=train)
     for i, mult in reversed(list(enumerate(self.channel_mults))):
       for j in range(self.blocks + 1):
         h = jnp.concatenate([h, skips.pop()], axis=-1)
         h = block(self.channels * mult, f'up{i}_block{j}')(h, emb, train=train)
         if h.shape[1] in self.attention:
-          h = Attention(self.heads, self.groups, name=f'up{i}_attention{j}')(h)
+          h = attention(f'up{i}_attention{j}')(h)
       if i > 0:
         b, hh, ww, c = h.shape
         h = jax.image.resize(h, (b, 2 * hh, 2 * ww, c), method='nearest')
-        h = _conv(c, f'up{i}_upsample')(h)
-    h = nn.silu(nn.GroupNorm(self.groups, name='norm_out')(h))
-    return _conv(self.image_shape[-1], 'conv_out', zero=True)(h)
+        h = _conv(c, f'up{i}_upsample', self.dtype)(h)
+    h = nn.silu(nn.GroupNorm(self.groups, name='norm_out', dtype=self.dtype)(h))
+    return _conv(self.image_shape[-1], 'conv_out', self.dtype, zero=True)(h).astype(jnp.float32)

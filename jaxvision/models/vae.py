@@ -57,20 +57,25 @@ class MLPVAE(nn.Module):
     image_shape: the (H, W, C) the decoder produces; the task sets it from the data.
     outputs: decoder outputs per pixel channel (1: Bernoulli logits; 2: a discretised logistic's
       means and log-scales); the task sets it from `loss.likelihood`.
+    dtype: the computation dtype of the activations and matmuls (config.dtype, set by the task);
+      the parameters are float32 either way, and so are the mean, logvar and decoder output
+      returned.
   """
 
   latents: int = 20
   hidden: int = 500
   image_shape: tuple[int, ...] = (28, 28, 1)
   outputs: int = 1
+  dtype: jnp.dtype = jnp.float32
   conditional: ClassVar[bool] = False
 
   def setup(self):
-    self.enc_hidden = nn.Dense(self.hidden, name='enc_hidden')
-    self.enc_mean = nn.Dense(self.latents, name='enc_mean')
-    self.enc_logvar = nn.Dense(self.latents, name='enc_logvar')
-    self.dec_hidden = nn.Dense(self.hidden, name='dec_hidden')
-    self.dec_out = nn.Dense(math.prod(self.image_shape) * self.outputs, name='dec_out')
+    dense = lambda features, name: nn.Dense(features, name=name, dtype=self.dtype)
+    self.enc_hidden = dense(self.hidden, 'enc_hidden')
+    self.enc_mean = dense(self.latents, 'enc_mean')
+    self.enc_logvar = dense(self.latents, 'enc_logvar')
+    self.dec_hidden = dense(self.hidden, 'dec_hidden')
+    self.dec_out = dense(math.prod(self.image_shape) * self.outputs, 'dec_out')
 
   def _with_label(self, h, y):
     """h with the label appended (the conditional model); here h itself."""
@@ -91,8 +96,8 @@ class MLPVAE(nn.Module):
     """
     chex.assert_shape(x, (None, *self.image_shape))
     _check_labels(y, x.shape[0], self.conditional)
-    h = nn.relu(self.enc_hidden(self._with_label(x.reshape(x.shape[0], -1), y)))
-    mean, logvar = self.enc_mean(h), self.enc_logvar(h)
+    h = nn.relu(self.enc_hidden(self._with_label(x.reshape(x.shape[0], -1).astype(self.dtype), y)))
+    mean, logvar = self.enc_mean(h).astype(jnp.float32), self.enc_logvar(h).astype(jnp.float32)
     chex.assert_shape([mean, logvar], (x.shape[0], self.latents))
     return mean, logvar
 
@@ -111,11 +116,10 @@ class MLPVAE(nn.Module):
     """
     chex.assert_shape(z, (None, self.latents))
     _check_labels(y, z.shape[0], self.conditional)
-    hidden = nn.relu(self.dec_hidden(self._with_label(z, y)))
+    hidden = nn.relu(self.dec_hidden(self._with_label(z.astype(self.dtype), y)))
     height, width, channels = self.image_shape
-    return self.dec_out(self._with_label(hidden, y)).reshape(
-      z.shape[0], height, width, channels * self.outputs
-    )
+    out = self.dec_out(self._with_label(hidden, y))
+    return out.reshape(z.shape[0], height, width, channels * self.outputs).astype(jnp.float32)
 
   def __call__(self, x, y=None):
     """decode(mean of encode(x, y)), which creates every parameter: what `init` calls.
@@ -157,6 +161,7 @@ class ConvVAE(nn.Module):
     image_shape: the (H, W, C) the decoder produces; the task sets it from the data.
     outputs: decoder outputs per pixel channel (see `MLPVAE`).
     conv_impl: the `layers.Conv` implementation, 'xla' or 'im2col'.
+    dtype: the computation dtype (see `MLPVAE`).
   """
 
   latents: int = 32
@@ -165,6 +170,7 @@ class ConvVAE(nn.Module):
   image_shape: tuple[int, ...] = (28, 28, 1)
   outputs: int = 1
   conv_impl: str = 'im2col'
+  dtype: jnp.dtype = jnp.float32
   conditional: ClassVar[bool] = False
 
   def setup(self):
@@ -176,14 +182,15 @@ class ConvVAE(nn.Module):
         f'divisible by {down}, got {self.image_shape}'
       )
     conv = lambda f, s, name: layers.Conv(
-      f, (3, 3), strides=(s, s), padding='SAME', impl=self.conv_impl, name=name
+      f, (3, 3), strides=(s, s), padding='SAME', impl=self.conv_impl, name=name, dtype=self.dtype
     )
+    dense = lambda features, name: nn.Dense(features, name=name, dtype=self.dtype)
     self.enc_convs = [conv(f, 2, f'enc_conv{i}') for i, f in enumerate(self.features)]
-    self.enc_hidden = nn.Dense(self.hidden, name='enc_hidden') if self.hidden else None
-    self.enc_mean = nn.Dense(self.latents, name='enc_mean')
-    self.enc_logvar = nn.Dense(self.latents, name='enc_logvar')
-    self.dec_hidden = nn.Dense(self.hidden, name='dec_hidden') if self.hidden else None
-    self.dec_in = nn.Dense((h // down) * (w // down) * self.features[-1], name='dec_in')
+    self.enc_hidden = dense(self.hidden, 'enc_hidden') if self.hidden else None
+    self.enc_mean = dense(self.latents, 'enc_mean')
+    self.enc_logvar = dense(self.latents, 'enc_logvar')
+    self.dec_hidden = dense(self.hidden, 'dec_hidden') if self.hidden else None
+    self.dec_in = dense((h // down) * (w // down) * self.features[-1], 'dec_in')
     outs = list(self.features[:-1][::-1]) + [c * self.outputs]
     self.dec_convs = [conv(4 * f, 1, f'dec_conv{i}') for i, f in enumerate(outs)]
     self.pixel_bias = self.param(
@@ -207,7 +214,7 @@ class ConvVAE(nn.Module):
     x = x.reshape(x.shape[0], -1)
     if self.enc_hidden is not None:
       x = nn.relu(self.enc_hidden(x))
-    mean, logvar = self.enc_mean(x), self.enc_logvar(x)
+    mean, logvar = self.enc_mean(x).astype(jnp.float32), self.enc_logvar(x).astype(jnp.float32)
     chex.assert_shape([mean, logvar], (x.shape[0], self.latents))
     return mean, logvar
 
@@ -233,7 +240,7 @@ class ConvVAE(nn.Module):
       if i < len(self.dec_convs) - 1:
         x = nn.relu(x)
     chex.assert_shape(x, (z.shape[0], h, w, c * self.outputs))
-    return x + self.pixel_bias
+    return x.astype(jnp.float32) + self.pixel_bias
 
   def __call__(self, x, y=None):
     """decode(mean of encode(x)), which creates every parameter: what `init` calls.

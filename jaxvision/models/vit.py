@@ -77,48 +77,51 @@ class PositionEmbedding(nn.Module):
     """Adds the embedding.
 
     Args:
-      x: f32[B, L, D].
+      x: [B, L, D], f32 or bf16.
 
     Returns:
-      x + the learned embedding f32[L, D] (initialised N(0, 0.02^2)).
+      x + the learned embedding (a float32 parameter [L, D], initialised N(0, 0.02^2)), in the
+      dtype of x.
     """
     pos = self.param('pos_embedding', nn.initializers.normal(0.02), x.shape[1:])
-    return x + pos
+    return x + pos.astype(x.dtype)
 
 
 class EncoderBlock(nn.Module):
   """A pre-norm Transformer block: LayerNorm -> multi-head self-attention -> residual, then
   LayerNorm -> MLP (`mlp_dim`, GELU) -> residual; dropout on both branches' outputs and in the
   MLP, none on the attention weights. `gelu` is 'tanh' (flax's approximation, big_vision's) or
-  'erf' (the exact GELU of PyTorch and timm)."""
+  'erf' (the exact GELU of PyTorch and timm). `dtype` is the computation dtype (the LayerNorms'
+  statistics are float32 either way; the softmax subtracts the maximum and sums in float32)."""
 
   heads: int
   mlp_dim: int
   dropout: float = 0.0
   batch_split: parallel.BatchSplit | None = None
   gelu: str = 'tanh'
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool):
     """Applies the block.
 
     Args:
-      x: tokens f32[B, L, D].
+      x: tokens [B, L, D] in `dtype`.
       train: dropout on (a Python bool, positional so that `nn.remat` can take it as static).
 
     Returns:
-      f32[B, L, D].
+      [B, L, D] in `dtype`.
     """
     drop = lambda: layers.Dropout(self.dropout, deterministic=not train, split=self.batch_split)
-    y = nn.LayerNorm()(x)
-    y = nn.MultiHeadDotProductAttention(num_heads=self.heads)(
+    y = nn.LayerNorm(dtype=self.dtype)(x)
+    y = nn.MultiHeadDotProductAttention(num_heads=self.heads, dtype=self.dtype)(
       y, y
     )  # no dropout on attention weights
     x = x + drop()(y)
-    y = nn.LayerNorm()(x)
-    y = nn.Dense(self.mlp_dim)(y)
+    y = nn.LayerNorm(dtype=self.dtype)(x)
+    y = nn.Dense(self.mlp_dim, dtype=self.dtype)(y)
     y = drop()(nn.gelu(y) if self.gelu == 'tanh' else nn.gelu(y, approximate=False))
-    y = nn.Dense(x.shape[-1])(y)
+    y = nn.Dense(x.shape[-1], dtype=self.dtype)(y)
     return x + drop()(y)
 
 
@@ -139,6 +142,8 @@ class ViT(nn.Module):
     remat: recompute each encoder block's activations in the backward pass instead of storing
       them (`flax.linen.remat`); the same parameters, dropout masks and function.
     batch_split: the pmap path's batch layout (train steps); None under jit.
+    dtype: the computation dtype of the activations and matmuls (config.dtype, set by the task);
+      the parameters are float32 either way.
   """
 
   num_classes: int = 10
@@ -152,6 +157,7 @@ class ViT(nn.Module):
   gelu: str = 'tanh'
   remat: bool = False
   batch_split: parallel.BatchSplit | None = None  # the pmap path's batch layout (train steps)
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, *, train: bool):
@@ -172,21 +178,29 @@ class ViT(nn.Module):
       raise ValueError(f'model.pool={self.pool!r}; use one of {POOLS}')
     if self.gelu not in GELUS:
       raise ValueError(f'model.gelu={self.gelu!r}; use one of {GELUS}')
-    tokens = nn.Dense(self.dim, name='patch_embedding')(patchify(x, self.patch))
+    tokens = nn.Dense(self.dim, name='patch_embedding', dtype=self.dtype)(patchify(x, self.patch))
     if self.pool == 'cls':
-      cls = self.param('cls_token', nn.initializers.zeros_init(), (1, 1, self.dim))
+      cls = self.param('cls_token', nn.initializers.zeros_init(), (1, 1, self.dim)).astype(
+        self.dtype
+      )
       tokens = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, self.dim)), tokens], axis=1)
     tokens = PositionEmbedding()(tokens)
     # `train` is a Python bool: static for remat (argument 2 of __call__, counting self).
     block = nn.remat(EncoderBlock, static_argnums=(2,)) if self.remat else EncoderBlock
     for i in range(self.depth):
       tokens = block(
-        self.heads, self.mlp_dim, self.dropout, self.batch_split, self.gelu, name=f'block{i + 1}'
+        self.heads,
+        self.mlp_dim,
+        self.dropout,
+        self.batch_split,
+        self.gelu,
+        self.dtype,
+        name=f'block{i + 1}',
       )(tokens, train)
-    tokens = nn.LayerNorm(name='norm')(tokens)
+    tokens = nn.LayerNorm(name='norm', dtype=self.dtype)(tokens)
     pooled = tokens[:, 0] if self.pool == 'cls' else jnp.mean(tokens, axis=1)
-    logits = nn.Dense(self.num_classes, name='head', kernel_init=nn.initializers.zeros_init())(
-      pooled
-    )
+    logits = nn.Dense(
+      self.num_classes, name='head', kernel_init=nn.initializers.zeros_init(), dtype=self.dtype
+    )(pooled)
     chex.assert_shape(logits, (x.shape[0], self.num_classes))
     return logits.astype(jnp.float32)

@@ -129,7 +129,7 @@ def init(config, rng, sample_batch) -> TrainState:
   Returns:
     The TrainState at step 0.
   """
-  model = models.get(config.model)
+  model = models.get(config.model, config.dtype)
   tx, lr = optim.make(config.optim, config.train.steps, tuple(config.freeze))
   opts = ClassifierOptions(
     augment=config.data.augment,

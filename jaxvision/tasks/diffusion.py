@@ -151,7 +151,9 @@ def init(config, rng, sample_batch) -> DiffusionState:
   Returns:
     The DiffusionState at step 0.
   """
-  model = models.get(config.model).clone(image_shape=tuple(sample_batch['image'].shape[1:]))
+  model = models.get(config.model, config.dtype).clone(
+    image_shape=tuple(sample_batch['image'].shape[1:])
+  )
   tx, lr = optim.make(config.optim, config.train.steps, tuple(config.freeze))
   opts = DiffusionOptions(
     objective=config.diffusion.objective,

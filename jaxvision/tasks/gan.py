@@ -189,7 +189,9 @@ def init(config, rng, sample_batch) -> GANState:
   Returns:
     The GANState at step 0.
   """
-  model = models.get(config.model).clone(image_shape=tuple(sample_batch['image'].shape[1:]))
+  model = models.get(config.model, config.dtype).clone(
+    image_shape=tuple(sample_batch['image'].shape[1:])
+  )
   (g_tx, g_lr), (d_tx, d_lr) = _txs(config)
   opts = GANOptions(
     loss=config.gan.loss,

@@ -167,7 +167,7 @@ def init(config, rng, sample_batch) -> VAEState:
     The VAEState at step 0.
   """
   likelihood = str(config.loss.likelihood)
-  model = models.get(config.model).clone(
+  model = models.get(config.model, config.dtype).clone(
     image_shape=tuple(sample_batch['image'].shape[1:]), outputs=2 if likelihood == 'logistic' else 1
   )
   tx, lr = optim.make(config.optim, config.train.steps, tuple(config.freeze))
