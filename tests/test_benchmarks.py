@@ -1,7 +1,9 @@
 """The torch twins of benchmarks/torch_models.py against the jaxvision models they mirror:
 same parameter count and same output shapes at each model's default config (not timed)."""
 
+import json
 import os
+import subprocess
 import sys
 
 import jax
@@ -72,3 +74,33 @@ def test_torch_train_step_runs():
   metrics = step(batch)
   assert torch.isfinite(metrics['loss'])
   assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_accelerator_check_quick(tmp_path):
+  """`benchmarks/accelerator_check.sh --quick` as a user runs it, on this machine's CPU: the CNN
+  trains in float32 and bfloat16, the step benchmark times jax (f32, bf16) against torch eager
+  (f32, bf16 autocast), and one JSON holds it all."""
+  out = tmp_path / 'out'
+  proc = subprocess.run(
+    ['bash', 'benchmarks/accelerator_check.sh', '--quick', '--out-dir', str(out)],
+    cwd=ROOT,
+    env={**os.environ, 'PYTHON': sys.executable},
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  result = json.loads((out / 'accelerator_check-quick.json').read_text())
+  assert result['backend'] == 'cpu' and result['quick']
+  for dtype in ('float32', 'bfloat16'):
+    cnn = result['cnn'][dtype]
+    assert cnn['rc'] == 0 and cnn['step'] == 6, cnn
+    assert 0.0 <= cnn['accuracy'] <= 1.0
+  rows = {r['model']: r for r in result['steps']['rows']}
+  assert set(rows) == {'cnn', 'dcgan'} and result['steps']['rc'] == 0
+  for r in rows.values():
+    assert r['complete'] and r['platform'] == 'cpu'
+    for ips in (r['jax_ips'], r['jax_variants_ips']['bf16'], r['torch_eager_ips']):
+      assert ips > 0
+    assert r['torch_eager_bf16_ips'] > 0 and r['torch_compile_ips'] is None
+  assert '| cnn |' in proc.stdout and '| dcgan |' in proc.stdout  # the docs' table
