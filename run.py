@@ -11,10 +11,15 @@ Exit codes: 0 done, 1 unexpected error (traceback in WORKDIR/error.log), 2 bad i
 import os
 import sys
 
-from absl import app, flags
-from ml_collections import config_flags
+from jaxvision import hugepages
 
-from jaxvision import cli
+if __name__ == '__main__':
+  hugepages.reexec()  # malloc on huge pages: before anything is imported or allocated
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from jaxvision import cli  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
   'config', None, 'Experiment config file[:preset].', lock_config=True

@@ -608,4 +608,8 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
+  sys.path.insert(0, ROOT)
+  from jaxvision import hugepages
+
+  hugepages.reexec()  # as run.py does: the product's malloc, for both frameworks in this process
   main()
