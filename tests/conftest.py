@@ -124,6 +124,22 @@ def sigterm_at_step(monkeypatch, step: int):
   return lambda: monkeypatch.setattr(writers.MetricWriter, 'write', write)
 
 
+def assert_sigterm_at_4_then_resume_is(whole: str, config, resumed: str, monkeypatch) -> None:
+  """Trains `config` into `resumed` with a SIGTERM at step 4, then again to the end, and asserts
+  the run resumed from step 4 and ended bitwise where the uninterrupted run in `whole` did."""
+  from jaxvision import errors, train, writers
+
+  undo = sigterm_at_step(monkeypatch, 4)
+  with pytest.raises(errors.Preempted, match='SIGTERM at step 4'):
+    train.train_and_evaluate(config, resumed)
+  undo()
+  train.train_and_evaluate(config, resumed)
+  info = [writers.read_json(os.path.join(w, 'run.json')) for w in (whole, resumed)]
+  assert info[1]['resumed_from_step'] == 4
+  assert info[0]['final_params_sha256'] == info[1]['final_params_sha256']
+  assert info[0]['final_metrics'] == info[1]['final_metrics']
+
+
 @pytest.fixture(scope='session')
 def clone_root(tmp_path_factory):
   """A directory laid out like a fresh clone's root (run.py and configs/), for commands run as a

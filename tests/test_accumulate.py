@@ -2,7 +2,6 @@
 whole batch; BatchNorm's documented difference; the pmap path; exact resume. The config errors
 are in tests/test_bad_commands.py's table."""
 
-import os
 import sys
 
 import jax
@@ -11,8 +10,8 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import ROOT, load_config, sigterm_at_step
-from jaxvision import errors, experiment, tasks, train, writers
+from conftest import ROOT, assert_sigterm_at_4_then_resume_is, load_config
+from jaxvision import experiment, tasks, train
 from jaxvision.tasks import accumulate
 
 # Plain SGD at a constant rate (its update is the gradient itself; Adam's first update is about
@@ -162,15 +161,7 @@ def test_sigterm_then_resume_with_accumulation_is_bitwise_the_uninterrupted_run(
 ):
   config, whole = accumulated_run
   resumed = str(tmp_path / 'resumed')
-  undo = sigterm_at_step(monkeypatch, 4)
-  with pytest.raises(errors.Preempted, match='SIGTERM at step 4'):
-    train.train_and_evaluate(config, resumed)
-  undo()
-  train.train_and_evaluate(config, resumed)
-  info = [writers.read_json(os.path.join(w, 'run.json')) for w in (whole, resumed)]
-  assert info[1]['resumed_from_step'] == 4
-  assert info[0]['final_params_sha256'] == info[1]['final_params_sha256']
-  assert info[0]['final_metrics'] == info[1]['final_metrics']
+  assert_sigterm_at_4_then_resume_is(whole, config, resumed, monkeypatch)
 
 
 def test_pmap_accumulates_like_jit(accumulated_run, tmp_path):

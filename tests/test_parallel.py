@@ -15,7 +15,7 @@ import pytest
 from jax.sharding import AxisType
 from jax.sharding import PartitionSpec as P
 
-from conftest import ROOT, run_py, sigterm_at_step, two_processes
+from conftest import ROOT, assert_sigterm_at_4_then_resume_is, run_py, two_processes
 from jaxvision import errors, experiment, models, parallel, tasks, train, writers
 
 # The smoke runs of three tasks, compared across meshes. Their results differ only by the order
@@ -114,15 +114,7 @@ def test_pmap_sigterm_then_resume_is_bitwise_the_uninterrupted_pmap_run(
   config = make_config('cnn', parallel='pmap')
   whole, resumed = str(tmp_path / 'whole'), str(tmp_path / 'resumed')
   train.train_and_evaluate(config, whole)
-  undo = sigterm_at_step(monkeypatch, 4)
-  with pytest.raises(errors.Preempted, match='SIGTERM at step 4'):
-    train.train_and_evaluate(config, resumed)
-  undo()
-  train.train_and_evaluate(config, resumed)
-  info = [writers.read_json(os.path.join(w, 'run.json')) for w in (whole, resumed)]
-  assert info[1]['resumed_from_step'] == 4
-  assert info[0]['final_params_sha256'] == info[1]['final_params_sha256']
-  assert info[0]['final_metrics'] == info[1]['final_metrics']
+  assert_sigterm_at_4_then_resume_is(whole, config, resumed, monkeypatch)
 
 
 @pytest.mark.parametrize(
