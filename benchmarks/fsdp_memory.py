@@ -129,6 +129,17 @@ def measure(
   }
 
 
+def measure_schedulers(config, mesh_shape, per_device_batch: int, schedulers: list) -> dict:
+  """`measure` under each XLA:CPU scheduler: its sizes, and 'temporaries_<scheduler>_schedule'
+  for each one's temporaries (the other sizes do not depend on the scheduler)."""
+  out = {}
+  for scheduler in schedulers:
+    m = measure(config, mesh_shape, per_device_batch, scheduler)
+    out.update({k: v for k, v in m.items() if k != 'temporaries'})
+    out[f'temporaries_{scheduler}_schedule'] = m['temporaries']
+  return out
+
+
 def saved_activations(config, images: int) -> int:
   """Bytes that the train step's forward pass keeps for its backward pass, for `images` images
   on one device: `jax.vjp`'s residuals of the model's train-mode apply (as the task calls it),
@@ -222,10 +233,7 @@ def remat_table(configs: dict, meshes: list, batches: list, schedulers: list) ->
           row = {'model': name, 'mesh': dict(zip(parallel.AXES, shape)), 'per_device_batch': batch}
           row.update(remat=remat, **{k: v for k, v in c.model.items() if k != 'remat'})
           row['saved_activations'] = saved_activations(c, batch * shape[2])
-          for scheduler in schedulers:
-            m = measure(c, shape, batch, scheduler)
-            row.update({k: v for k, v in m.items() if k != 'temporaries'})
-            row[f'temporaries_{scheduler}_schedule'] = m['temporaries']
+          row.update(measure_schedulers(c, shape, batch, schedulers))
           rows.append(row)
           pair[remat] = row
         off, on = pair[False], pair[True]
@@ -273,10 +281,7 @@ def accum_table(configs: dict, meshes: list, batch: int, ks: list, schedulers: l
         c.optim.accum_steps = k
         row = {'model': name, 'mesh': dict(zip(parallel.AXES, shape)), 'per_device_batch': batch}
         row.update(accum_steps=k, **c.model)
-        for scheduler in schedulers:
-          m = measure(c, shape, batch, scheduler)
-          row.update({key: v for key, v in m.items() if key != 'temporaries'})
-          row[f'temporaries_{scheduler}_schedule'] = m['temporaries']
+        row.update(measure_schedulers(c, shape, batch, schedulers))
         rows.append(row)
         cells = ' | '.join(mib(row[f'temporaries_{s}_schedule']) for s in schedulers)
         print(

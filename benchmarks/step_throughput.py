@@ -314,22 +314,21 @@ def bench_model(name: str, args, matmul: float) -> dict:
     'jax': jax_runner,
     'torch_eager': TorchRunner(torch_models.TrainStep(name, config, eager_model), tbatch),
   }
+
+  def twin_runner(**step_options) -> TorchRunner:
+    """Another twin with the eager twin's weights, stepped with these TrainStep options."""
+    model = torch_models.build(name, config)
+    model.load_state_dict(eager_model.state_dict())
+    return TorchRunner(torch_models.TrainStep(name, config, model, **step_options), tbatch)
+
   if args.torch_bf16 != 'none':
-    bf16_model = torch_models.build(name, config)
-    bf16_model.load_state_dict(eager_model.state_dict())
-    runners['torch_eager_bf16'] = TorchRunner(
-      torch_models.TrainStep(name, config, bf16_model, bf16=True), tbatch
-    )
+    runners['torch_eager_bf16'] = twin_runner(bf16=True)
   torch_compile_warmup_s = {}
   for bf16 in (False, True) if args.torch_bf16 == 'both' else (False,):
     if args.no_compile or args.compile_spent_s >= args.compile_budget_s:
       break
-    compiled_model = torch_models.build(name, config)
-    compiled_model.load_state_dict(eager_model.state_dict())
     key = 'torch_compile_bf16' if bf16 else 'torch_compile'
-    runners[key] = TorchRunner(
-      torch_models.TrainStep(name, config, compiled_model, compile=True, bf16=bf16), tbatch
-    )
+    runners[key] = twin_runner(compile=True, bf16=bf16)
     torch_compile_warmup_s[key] = timed(runners[key], 3)  # compiles forward + backward
     args.compile_spent_s += torch_compile_warmup_s[key]
   variant_compile_s = {}

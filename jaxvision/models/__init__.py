@@ -41,9 +41,6 @@ SHARDING_RULES: dict[str, tuple] = {'vit': vit.SHARDING_RULES}
 # dtype) comes from the top-level config.dtype.
 RUNTIME_FIELDS = ('parent', 'name', 'batch_split', 'dtype')
 
-# config.dtype -> the models' computation dtype (the values of jaxvision.config.DTYPES).
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
-
 
 def _fields(cls) -> list[dataclasses.Field]:
   """The constructor fields of a model class that `config.model` may set."""
@@ -134,15 +131,15 @@ def get(model_config, dtype: str = 'float32') -> nn.Module:
   Args:
     model_config: config.model: `name` picks the class in `MODELS`, the other keys are its
       constructor fields (lists become tuples, so the module stays hashable).
-    dtype: the computation dtype of its activations and matmuls, config.dtype ('float32' or
-      'bfloat16'); its parameters are float32 either way.
+    dtype: the computation dtype of its activations and matmuls, config.dtype (a name of a jnp
+      dtype, one of jaxvision.config.DTYPES); its parameters are float32 either way.
 
   Returns:
     The unbound Flax module.
   """
   kwargs = {k: v for k, v in model_config.to_dict().items() if k != 'name'}
   kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
-  return MODELS[model_config.name](**kwargs, dtype=DTYPES[dtype])
+  return MODELS[model_config.name](**kwargs, dtype=getattr(jnp, dtype))
 
 
 _THREEFRY = jax.extend.random.threefry_prng_impl

@@ -69,6 +69,12 @@ class _Logits(nn.Module):
     return logits, nn.Dense(self.info_codes, name='code', dtype=self.dtype)(q).astype(jnp.float32)
 
 
+def _with_label_embedding(h, y, num_classes: int, dtype):
+  """h [B, F] with a learned 50-feature embedding of the labels y appended (the calling module's
+  submodule 'label_embed'), in `dtype`."""
+  return jnp.concatenate([h, nn.Embed(num_classes, 50, name='label_embed', dtype=dtype)(y)], -1)
+
+
 class MLPGenerator(nn.Module):
   """Fully connected G: [z; label embedding] -> `hidden` dense layers (LeakyReLU 0.2) -> tanh
   pixels of `image_shape`. `num_classes` > 0 embeds y (50 features). Computed in `dtype`."""
@@ -93,8 +99,7 @@ class MLPGenerator(nn.Module):
     del train
     h = z.astype(self.dtype)
     if self.num_classes:
-      embed = nn.Embed(self.num_classes, 50, name='label_embed', dtype=self.dtype)
-      h = jnp.concatenate([h, embed(y)], -1)
+      h = _with_label_embedding(h, y, self.num_classes, self.dtype)
     for i, width in enumerate(self.hidden):
       h = nn.leaky_relu(nn.Dense(width, name=f'dense{i}', dtype=self.dtype)(h), 0.2)
     out = nn.Dense(math.prod(self.image_shape), name='out', dtype=self.dtype)(h)
@@ -126,8 +131,7 @@ class MLPDiscriminator(nn.Module):
     """
     h = x.reshape(x.shape[0], -1).astype(self.dtype)
     if self.num_classes and self.conditioning == 'concat':
-      embed = nn.Embed(self.num_classes, 50, name='label_embed', dtype=self.dtype)
-      h = jnp.concatenate([h, embed(y)], -1)
+      h = _with_label_embedding(h, y, self.num_classes, self.dtype)
     for i, width in enumerate(self.hidden):
       h = nn.leaky_relu(nn.Dense(width, name=f'dense{i}', dtype=self.dtype)(h), 0.2)
       h = layers.Dropout(self.dropout, deterministic=not train, split=self.batch_split)(h)
@@ -216,8 +220,7 @@ class DCGANGenerator(nn.Module):
     )
     h = z.astype(self.dtype)
     if self.num_classes:
-      embed = nn.Embed(self.num_classes, 50, name='label_embed', dtype=self.dtype)
-      h = jnp.concatenate([h, embed(y)], -1)
+      h = _with_label_embedding(h, y, self.num_classes, self.dtype)
     h = nn.Dense(
       base * base * self.features * 2**ups, use_bias=False, name='dense', dtype=self.dtype
     )(h)
