@@ -1,7 +1,7 @@
 """Sample quality against the number of sampler steps of a trained diffusion or flow workdir.
 
     python benchmarks/sampler_steps.py --config configs/diffusion.py --workdir runs/diffusion \
-        --samplers ddim --steps 5,10,25,50 --n 500 \
+        --samplers ddim --steps 5,10,25,50 --n 500 --weights ema,raw \
         --out benchmarks/results/diffusion_steps_ddim.json
     python benchmarks/sampler_steps.py --config configs/diffusion.py:flow \
         --workdir runs/diffusion_flow --samplers euler --steps 5,10,25,50 --n 500 \
@@ -115,7 +115,7 @@ def measure(
 
 
 def plot(paths, png: str) -> None:
-  """FD against network calls per image, one line per (file, sampler)."""
+  """FD against network calls per image, one line per (file, sampler, weights)."""
   import matplotlib  # noqa: PLC0415 (the bench extra; the measurements do not need it)
 
   matplotlib.use('Agg')
@@ -127,9 +127,14 @@ def plot(paths, png: str) -> None:
     with open(path) as f:
       result = json.load(f)
     floors.append(result['fd_floor_n'])
-    for sampler in dict.fromkeys(r['sampler'] for r in result['rows']):
-      rows = [r for r in result['rows'] if r['sampler'] == sampler]
-      name = f'{sampler} ({os.path.basename(result["workdir"])})'
+    for sampler, weights in dict.fromkeys(
+      (r['sampler'], r.get('weights', 'ema')) for r in result['rows']
+    ):
+      rows = [
+        r for r in result['rows'] if (r['sampler'], r.get('weights', 'ema')) == (sampler, weights)
+      ]
+      name = f'{sampler} ({os.path.basename(result["workdir"])}'
+      name += ')' if weights == 'ema' else f', {weights} weights)'
       ax.plot([r['network_calls'] for r in rows], [r['fd'] for r in rows], 'o-', label=name)
   ax.axhline(np.mean(floors), color='grey', ls='--', label='real digits (same n)')
   ax.set_xscale('log')

@@ -1,4 +1,4 @@
-"""Diffusion (v-prediction, cosine schedule, DDIM) and flow matching with a UNet on digits.
+"""Diffusion (v-prediction, cosine schedule, DDPM sampling) and flow matching with a UNet, digits.
 
   python run.py --config configs/diffusion.py            # unconditional, 28x28 mnist10k, offline
   python run.py --config configs/diffusion.py:flow       # rectified flow, Heun steps
@@ -34,8 +34,10 @@ def get_config(preset: str = ''):
   c.data.eval_batch_size = 500
 
   c.diffusion.objective = 'v'
-  c.diffusion.ema_decay = 0.999
-  c.sample.sampler = 'ddim'
+  # a horizon of ~200 steps: 0.999's ~1,000 of 4,000 carried weights from when the FD was 10x worse
+  c.diffusion.ema_decay = 0.995
+  # DDPM's ancestral steps: at 25 steps FD 1.22 against DDIM's 1.77 (500 samples, docs/diffusion.md)
+  c.sample.sampler = 'ddpm'
   c.sample.steps = 25
 
   c.optim.name = 'adam'
@@ -67,6 +69,7 @@ def get_config(preset: str = ''):
     c.diffusion.label_dropout = 0.1
     c.sample.guidance = 1.0
     c.sample.steps = 15  # guided: 2 network calls a step, 30 an image (the default: 25)
+    c.sample.sampler = 'ddim'  # guided, DDPM's steps gain nothing here (500 samples: 0.93 vs 0.90)
   elif preset == 'smoke':
     config_lib.smoke(c)
     c.model.channels = 8

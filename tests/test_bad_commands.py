@@ -257,7 +257,7 @@ CASES = [
     ['--config', 'configs/diffusion.py:smoke', '--config.diffusion.objective=flow'],
     NEW,
     2,
-    "sample.sampler='ddim' is not allowed; use one of: euler, heun",
+    "sample.sampler='ddpm' is not allowed; use one of: euler, heun",
   ),
   (
     ['--config', 'configs/diffusion.py:smoke', '--config.model.name=dcgan'],

@@ -172,7 +172,9 @@ def test_ddpm_draws_the_data_distribution_from_the_exact_prediction():
 
 
 def test_guidance_zero_is_the_conditional_model_and_guidance_moves_the_samples(make_config):
-  _, state, _ = _state_and_batch(make_config, model__num_classes=10, sample__guidance=0.0)
+  _, state, _ = _state_and_batch(
+    make_config, model__num_classes=10, sample__guidance=0.0, sample__sampler='ddim'
+  )
   # a trained-looking net: perturb the zero-initialised output layers so labels matter
   params = jax.tree.map(lambda p: p + 0.05 * jnp.sign(p + 0.1), state.ema_params)
   state = state.replace(ema_params=params)
@@ -209,7 +211,7 @@ def test_the_unet_keeps_the_shape_and_reads_time_and_labels():
   'overrides, message',
   [
     (dict(diffusion__objective='score'), "diffusion.objective='score' is not allowed"),
-    (dict(diffusion__objective='flow'), "sample.sampler='ddim' is not allowed; use one of: euler"),
+    (dict(diffusion__objective='flow'), "sample.sampler='ddpm' is not allowed; use one of: euler"),
     (dict(sample__steps=0), 'sample.steps=0 must be >= 1'),
     (dict(sample__guidance=1.0), 'sample.guidance=1.0 needs a conditional model'),
     (dict(sample__guidance=-1.0, model__num_classes=10), 'sample.guidance=-1.0 must be >= 0'),
