@@ -17,6 +17,8 @@
         --out benchmarks/results/diffusion_ema_raw.json   # the EMA against the trained weights
     python benchmarks/sampler_steps.py --plot benchmarks/results/diffusion_steps_*.json \
         --png docs/diffusion_steps.png   # needs matplotlib (the bench extra)
+    python benchmarks/sampler_steps.py --curves runs/diffusion/metrics.jsonl \
+        runs/diffusion_long/metrics.jsonl --target 0.340 --png docs/diffusion_fd_curve.png
 
 For each sampler and step count: `eval/fd` and `eval/kid` of `--n` samples from the workdir's
 latest checkpoint (the EMA weights; `--weights raw` samples with the trained weights
@@ -25,7 +27,7 @@ same seed-fixed noise), with the wall time of the sampling (the first of a step 
 its compilation) and the network calls per image (Heun: 2 per step but the last). `fd_floor_n`
 is FD(n real train digits, test digits): FD grows as n shrinks, so a row is to be read against
 the floor at the same n. Nothing in the workdir changes. `--plot` draws FD against network calls
-per image, one line per sampler.
+per image, one line per sampler; `--curves` the in-loop `eval/fd` of runs against their step.
 """
 
 import argparse
@@ -148,6 +150,40 @@ def plot(paths, png: str) -> None:
   print(f'wrote {png}')
 
 
+def plot_curves(paths, png: str, target: float | None = None) -> None:
+  """`eval/fd` against the train step, one line per run's metrics.jsonl (its in-loop evals);
+  `target`, another model's FD, as a dotted line."""
+  import matplotlib  # noqa: PLC0415 (the bench extra)
+
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt  # noqa: PLC0415
+
+  fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+  floor = None
+  for path in paths:
+    with open(path) as f:
+      rows = [json.loads(line) for line in f]
+    evals = {}  # a step's first eval: the run's own, not a later --mode eval's other sampler
+    for r in rows:
+      if 'eval/fd' in r:
+        evals.setdefault(r['step'], r)
+    steps = sorted(evals)
+    floor = evals[steps[-1]]['eval/fd_floor']
+    name = os.path.basename(os.path.dirname(os.path.abspath(path)))
+    ax.plot(steps, [evals[s]['eval/fd'] for s in steps], 'o-', label=name)
+  ax.axhline(floor, color='grey', ls='--', label='real digits (floor)')
+  if target is not None:
+    ax.axhline(target, color='black', ls=':', label=f'target ({target})')
+  ax.set_yscale('log')
+  ax.set_xlabel('train step')
+  ax.set_ylabel('eval/fd (8,000 samples)')
+  ax.legend()
+  ax.grid(True, which='both', alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(png)
+  print(f'wrote {png}')
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--config', help='path[:preset] of the workdir run')
@@ -159,10 +195,15 @@ def main() -> None:
   parser.add_argument('--weights', default='ema', help='ema (what the task samples with), raw')
   parser.add_argument('--out', help='the JSON of rows')
   parser.add_argument('--plot', nargs='+', help='JSONs of earlier runs to draw')
+  parser.add_argument('--curves', nargs='+', help="runs' metrics.jsonl: FD against train step")
+  parser.add_argument('--target', type=float, help='with --curves: an FD to draw as a line')
   parser.add_argument('--png', default='docs/diffusion_steps.png')
   args = parser.parse_args()
   if args.plot:
     plot(args.plot, args.png)
+    return
+  if args.curves:
+    plot_curves(args.curves, args.png, args.target)
     return
   result = measure(
     args.config,
