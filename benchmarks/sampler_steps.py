@@ -42,7 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from jaxvision import checkpoint, experiment  # noqa: E402
+from jaxvision import checkpoint, experiment, writers  # noqa: E402
 from jaxvision import config as config_lib  # noqa: E402
 from jaxvision import workdir as workdir_lib  # noqa: E402
 from jaxvision.evaluate import generative  # noqa: E402
@@ -116,25 +116,36 @@ def measure(
   }
 
 
-def plot(paths, png: str) -> None:
-  """FD against network calls per image, one line per (file, sampler, weights)."""
-  import matplotlib  # noqa: PLC0415 (the bench extra; the measurements do not need it)
+def _pyplot():
+  """matplotlib's pyplot on the file-only backend (the bench extra; measuring does not need it)."""
+  import matplotlib  # noqa: PLC0415
 
   matplotlib.use('Agg')
-  from matplotlib import pyplot as plt  # noqa: PLC0415
+  from matplotlib import pyplot  # noqa: PLC0415
 
-  fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+  return pyplot
+
+
+def _save(fig, ax, png: str) -> None:
+  ax.legend()
+  ax.grid(True, which='both', alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(png)
+  print(f'wrote {png}')
+
+
+def plot(paths, png: str) -> None:
+  """FD against network calls per image, one line per (file, sampler, weights)."""
+  fig, ax = _pyplot().subplots(figsize=(6, 4), dpi=120)
   floors = []
   for path in paths:
     with open(path) as f:
       result = json.load(f)
     floors.append(result['fd_floor_n'])
-    for sampler, weights in dict.fromkeys(
-      (r['sampler'], r.get('weights', 'ema')) for r in result['rows']
-    ):
-      rows = [
-        r for r in result['rows'] if (r['sampler'], r.get('weights', 'ema')) == (sampler, weights)
-      ]
+    lines = {}  # (sampler, weights) -> rows; files written before --weights hold EMA rows
+    for r in result['rows']:
+      lines.setdefault((r['sampler'], r.get('weights', 'ema')), []).append(r)
+    for (sampler, weights), rows in lines.items():
       name = f'{sampler} ({os.path.basename(result["workdir"])}'
       name += ')' if weights == 'ema' else f', {weights} weights)'
       ax.plot([r['network_calls'] for r in rows], [r['fd'] for r in rows], 'o-', label=name)
@@ -143,30 +154,19 @@ def plot(paths, png: str) -> None:
   ax.set_yscale('log')
   ax.set_xlabel('network calls per image')
   ax.set_ylabel(f'eval/fd ({result["n"]} samples)')
-  ax.legend()
-  ax.grid(True, which='both', alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(png)
-  print(f'wrote {png}')
+  _save(fig, ax, png)
 
 
 def plot_curves(paths, png: str, target: float | None = None) -> None:
   """`eval/fd` against the train step, one line per run's metrics.jsonl (its in-loop evals);
   `target`, another model's FD, as a dotted line."""
-  import matplotlib  # noqa: PLC0415 (the bench extra)
-
-  matplotlib.use('Agg')
-  from matplotlib import pyplot as plt  # noqa: PLC0415
-
-  fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+  fig, ax = _pyplot().subplots(figsize=(6, 4), dpi=120)
   floor = None
   for path in paths:
-    with open(path) as f:
-      rows = [json.loads(line) for line in f]
     evals = {}  # a step's first eval: the run's own, not a later --mode eval's other sampler
-    for r in rows:
-      if 'eval/fd' in r:
-        evals.setdefault(r['step'], r)
+    for event, _ in writers.read_events(path):
+      if event is not None and 'eval/fd' in event:
+        evals.setdefault(event['step'], event)
     steps = sorted(evals)
     floor = evals[steps[-1]]['eval/fd_floor']
     name = os.path.basename(os.path.dirname(os.path.abspath(path)))
@@ -177,11 +177,7 @@ def plot_curves(paths, png: str, target: float | None = None) -> None:
   ax.set_yscale('log')
   ax.set_xlabel('train step')
   ax.set_ylabel('eval/fd (8,000 samples)')
-  ax.legend()
-  ax.grid(True, which='both', alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(png)
-  print(f'wrote {png}')
+  _save(fig, ax, png)
 
 
 def main() -> None:

@@ -184,7 +184,7 @@ class MetricWriter:
         shutil.rmtree(self._tb_local, ignore_errors=True)
 
 
-def _events(path: str) -> list[tuple[dict | None, str]]:
+def read_events(path: str) -> list[tuple[dict | None, str]]:
   """(event, line) of every line of a metrics.jsonl; event None for a line that is not a whole
   JSON object (the last line of a run killed while writing it)."""
   out = []
@@ -224,7 +224,7 @@ def truncate_metrics(workdir: str, after_step: int) -> None:
   path = epath.Path(workdir) / 'metrics.jsonl'
   if not path.exists():
     return
-  events = _events(path)
+  events = read_events(path)
   lines = [
     line if line.endswith('\n') else line + '\n'
     for event, line in events
@@ -248,7 +248,7 @@ def has_eval(workdir: str, step: int) -> bool:
   path = epath.Path(workdir) / 'metrics.jsonl'
   return path.exists() and any(
     event is not None and event['step'] == step and any(k.startswith('eval/') for k in event)
-    for event, _ in _events(path)
+    for event, _ in read_events(path)
   )
 
 
