@@ -12,7 +12,8 @@ events per step, by what the op computes (read from the compiled HLO):
   conv (ynn) / conv (xla)    convolutions, in YNNPACK or XLA's own emitter
   dot (ynn) / dot (xla)      matmuls
   layout (transpose, copy)   fusions that only move data: transposes and copies
-  elementwise                other loop fusions (activations, BatchNorm arithmetic, optimizer)
+  elementwise                other loop fusions (activations, BatchNorm arithmetic, optimizer),
+                             also a transpose fusion that recomputes its operand's arithmetic
   reduce                     fusions with a reduction (BatchNorm statistics, losses)
 
 (ops inside loops, such as im2col's chunked convs and the LSTM's scan, count as themselves).
@@ -84,25 +85,20 @@ def op_kinds(hlo_text: str) -> dict:
       kinds[name] = f'dot {engine}'
     elif ops & {'reduce', 'reduce-window'}:
       kinds[name] = 'reduce'
-    elif (
-      opcode in ('copy', 'transpose')
-      or name.startswith(('transpose', 'copy'))
-      or ops
-      <= {
-        'fusion',
-        'copy',
-        'transpose',
-        'bitcast',
-        'parameter',
-        'slice',
-        'concatenate',
-        'pad',
-        'reshape',
-        'broadcast',
-        'tuple',
-        'get-tuple-element',
-      }
-    ):
+    elif opcode in ('copy', 'transpose') or ops <= {
+      'fusion',
+      'copy',
+      'transpose',
+      'bitcast',
+      'parameter',
+      'slice',
+      'concatenate',
+      'pad',
+      'reshape',
+      'broadcast',
+      'tuple',
+      'get-tuple-element',
+    }:
       kinds[name] = 'layout (transpose, copy)'
     else:
       kinds[name] = 'elementwise'

@@ -40,6 +40,7 @@ import statistics
 import sys
 import tempfile
 import time
+from unittest import mock
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -56,6 +57,8 @@ JAX_VARIANTS = {
   'im2col_conv': {'model.conv_impl': 'im2col'},
   'remat': {'model.remat': True},  # ResNet, ViT: each block recomputed in the backward pass
   'bf16': {'dtype': 'bfloat16'},  # mixed precision: activations and matmuls in bf16
+  # XLA's conv inputs left fusable (layers.materialize_on_cpu off): the step before that fix
+  'fused_conv_inputs': {'materialize_on_cpu': False},
 }
 
 
@@ -233,6 +236,7 @@ def jax_variant(name: str, variant: str, batch: int, local_batch: dict):
   and/or config.cpu_convolutions, model.remat on, or config.dtype='bfloat16'; None where the
   variant does not apply to the model."""
   from jaxvision import experiment
+  from jaxvision.models import layers
 
   config = load_config(name, batch)
   overrides = JAX_VARIANTS[variant]
@@ -251,10 +255,17 @@ def jax_variant(name: str, variant: str, batch: int, local_batch: dict):
     config.cpu_convolutions = overrides['cpu_convolutions']
   if 'dtype' in overrides:
     config.dtype = overrides['dtype']
+  if 'materialize_on_cpu' in overrides:
+    if 'conv_impl' not in config.model or config.model.conv_impl != 'xla':
+      return None
+    patch = mock.patch.object(layers, 'materialize_on_cpu', lambda x: x)  # traced under it
+  else:
+    patch = contextlib.nullcontext()
   exp = experiment.setup(config, tempfile.mkdtemp(prefix='bench_'))
   jbatch = exp.train_batch(local_batch)
   t = time.perf_counter()
-  compiled = exp.train_step.lower(exp.state, jbatch).compile()
+  with patch:
+    compiled = exp.train_step.lower(exp.state, jbatch).compile()
   compile_s = time.perf_counter() - t
   runner = JaxRunner(compiled, exp.state, jbatch)
   runner(1)
