@@ -53,6 +53,7 @@ JAX_VARIANTS = {
   'noynn': {'cpu_convolutions': 'xla'},
   'ynn': {'cpu_convolutions': 'ynnpack'},
   'xla_conv': {'model.conv_impl': 'xla'},
+  'xla_subpixel': {'model.conv_impl': 'xla_subpixel'},  # strided input gradients by phases
   'xla_conv_noynn': {'model.conv_impl': 'xla', 'cpu_convolutions': 'xla'},
   'im2col_conv': {'model.conv_impl': 'im2col'},
   'remat': {'model.remat': True},  # ResNet, ViT: each block recomputed in the backward pass

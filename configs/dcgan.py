@@ -26,7 +26,7 @@ def get_config(preset: str = ''):
   c.model.g_features = 32  # 7x7x128 -> 14x14x64 -> 28x28x1
   c.model.d_features = 64  # 28 -> 14x14x64 -> 7x7x128
   c.model.upsample = 'subpixel'
-  c.model.conv_impl = 'xla'
+  c.model.conv_impl = 'xla_subpixel'  # D's strided input gradients by sub-pixel phases: 1.17x
   c.model.d_dropout = 0.0
   c.model.num_classes = 30  # = data.clusters: G and D conditioned on the cluster
   c.model.conditioning = 'projection'

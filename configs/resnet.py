@@ -31,7 +31,7 @@ def get_config(preset: str = ''):
       'block': 'basic',
       'width': 16,
       'stem': 'cifar',
-      'conv_impl': 'xla',
+      'conv_impl': 'xla_subpixel',  # strided input gradients by sub-pixel phases
       'bn_momentum': 0.9,
       'padding': 'same',  # 'torch': torchvision's padding of the strided convs (its public weights)
       'frozen_batchnorm': False,  # True: BatchNorm uses its running statistics in training too
@@ -41,7 +41,8 @@ def get_config(preset: str = ''):
   c.optim.weight_decay = 5e-4
   # XLA:CPU's own convolutions instead of YNNPACK's: 1.21x on this step (benchmarks/README.md,
   # quiet rerun; 1.23x in the first run);
-  # no effect on GPU/TPU. The README's ResNet-20 result was measured with 'ynnpack'.
+  # no effect on GPU/TPU. The README's ResNet-20 result was measured with 'ynnpack' and
+  # model.conv_impl='xla' (the strided input gradients as XLA transposes them).
   c.cpu_convolutions = 'xla'
 
   if preset == 'smoke':

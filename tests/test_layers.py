@@ -1,4 +1,4 @@
-"""Tests for jaxvision.models.layers: im2col conv == XLA conv, fast max-pool."""
+"""Tests for jaxvision.models.layers: im2col and sub-pixel-gradient convs against XLA, max-pool."""
 
 import functools
 from unittest import mock
@@ -51,6 +51,60 @@ def test_im2col_matches_xla(case):
   for name, got, want in zip(('y', 'dx', 'dkernel'), run('im2col'), run('xla')):
     assert got.shape == want.shape, name
     assert _rel_err(got, want) < 1e-4, name
+
+
+@pytest.mark.parametrize('case', list(CASES))
+def test_xla_subpixel_input_gradient_matches_xla(case):
+  """'xla_subpixel' is XLA's convolution and kernel gradient bit for bit; its input gradient (by
+  sub-pixel phases where the kernel is larger than a stride > 1) equals XLA's up to rounding."""
+  b, h, w, cin, cout, k, s, pad, _ = CASES[case]
+  x, kernel = _normal(0, (b, h, w, cin)), _normal(1, (*k, cin, cout))
+  g = _normal(2, jax.eval_shape(lambda: conv2d(x, kernel, strides=s, padding=pad)).shape)
+  run = lambda impl: jax.jit(functools.partial(_conv_and_grads, strides=s, padding=pad, impl=impl))(
+    x, kernel, g
+  )
+  (y, dx, dk), (y_ref, dx_ref, dk_ref) = run('xla_subpixel'), run('xla')
+  np.testing.assert_array_equal(np.asarray(y), np.asarray(y_ref))
+  np.testing.assert_array_equal(np.asarray(dk), np.asarray(dk_ref))
+  assert dx.shape == dx_ref.shape and _rel_err(dx, dx_ref) < 1e-5
+
+
+@pytest.mark.parametrize('pads', [((1, 2), (1, 2)), ((-1, 3), (2, -1)), ((0, 0), (0, 0))])
+def test_xla_subpixel_takes_phases_with_fewer_multiplications(pads):
+  """A 4x4 stride-2 conv (a DCGAN discriminator's), also with a negative padding: the input
+  gradient is a stride-1 convolution whose kernel holds the 4 phases' 2x2 taps (no zero-dilated
+  input), and it matches XLA's transpose."""
+  x, kernel = _normal(0, (3, 14, 13, 5)), _normal(1, (4, 4, 5, 6))
+  conv = functools.partial(conv2d, strides=(2, 2), padding=pads, impl='xla_subpixel')
+  g = _normal(2, jax.eval_shape(conv, x, kernel).shape)
+  grad = jax.jit(lambda x, k, g: jax.vjp(conv, x, k)[1](g)[0])
+  hlo = grad.lower(x, kernel, g).as_text().splitlines()
+  convs = [line for line in hlo if 'convolution' in line]
+  assert len(convs) == 1 and 'lhs_dilate = [1, 1]' in convs[0] and '[0, 1, i, o]' in convs[0]
+  ref = jax.jit(lambda x, k, g: jax.vjp(functools.partial(conv, impl='xla'), x, k)[1](g)[0])
+  assert _rel_err(grad(x, kernel, g), ref(x, kernel, g)) < 1e-5
+
+
+def test_xla_subpixel_second_order_and_bfloat16():
+  """The gradient of a gradient penalty (a GAN's R1) through 'xla_subpixel' matches XLA's, and
+  bfloat16 stays bfloat16."""
+  x, kernel = _normal(0, (2, 12, 12, 3)), 0.3 * _normal(1, (4, 4, 3, 8))
+
+  def penalty(kernel, impl):
+    d = lambda x: jnp.sum(jnp.tanh(conv2d(x, kernel, strides=(2, 2), impl=impl)))
+    return jnp.sum(jax.grad(d)(x) ** 2)
+
+  got, want = (
+    jax.jit(jax.grad(penalty), static_argnums=1)(kernel, i) for i in ('xla_subpixel', 'xla')
+  )
+  assert _rel_err(got, want) < 1e-4
+  xb, kb = x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16)
+  conv = lambda impl: jax.jit(
+    lambda x, k: jax.grad(lambda x: jnp.sum(conv2d(x, k, strides=(2, 2), impl=impl) ** 2))(x)
+  )(xb, kb)
+  got, want = conv('xla_subpixel'), conv('xla')
+  assert got.dtype == jnp.bfloat16
+  assert _rel_err(got.astype(jnp.float32), want.astype(jnp.float32)) < 2e-2
 
 
 def test_im2col_batch_sharded():
@@ -113,7 +167,7 @@ def test_xla_conv_inputs_materialized_on_cpu_without_changing_a_bit():
 def test_module_params_match_nn_conv():
   x = _normal(0, (2, 8, 8, 3))
   ref_module = nn.Conv(5, (3, 3))
-  modules = {impl: Conv(5, (3, 3), impl=impl) for impl in ('xla', 'im2col')}
+  modules = {impl: Conv(5, (3, 3), impl=impl) for impl in ('xla', 'xla_subpixel', 'im2col')}
 
   @jax.jit  # one compile for everything
   def run(key, x):

@@ -68,7 +68,7 @@ def defaults(name: str) -> dict:
 _RATES = ('dropout', 'd_dropout', 'bn_momentum')
 _MAY_BE_ZERO = ('num_classes', 'info_codes', 'vocab_size')
 _MAY_BE_ZERO_IN = {'vae_conv': ('hidden',)}  # the conv VAE's dense layer is optional
-CONV_IMPLS = ('xla', 'im2col')
+CONV_IMPLS = ('xla', 'xla_subpixel', 'im2col')
 
 
 def check_kwargs(model_config) -> None:

@@ -24,7 +24,7 @@ class CNN(nn.Module):
     num_classes: logits per example.
     variant: 'plain' (ReLUs only) or 'bn_dropout' (BatchNorm after every hidden layer, dropout
       after the pool and after the hidden layer).
-    conv_impl: the `layers.Conv` implementation, 'xla' or 'im2col'.
+    conv_impl: the `layers.Conv` implementation, 'xla', 'xla_subpixel' or 'im2col'.
     features: output channels of the convs, in order.
     hidden: width of the hidden dense layer (the `features=True` embedding).
     dropout: (rate after the pool, rate after the hidden layer), for 'bn_dropout' only.

@@ -65,7 +65,7 @@ class CNNRNN(nn.Module):
     features: output channels of the frame encoder's convs.
     frame_dim: features per frame fed to the LSTM.
     hidden: the LSTM's hidden size.
-    conv_impl: the `layers.Conv` implementation, 'xla' or 'im2col'.
+    conv_impl: the `layers.Conv` implementation, 'xla', 'xla_subpixel' or 'im2col'.
     norm: BatchNorm after each conv of the frame encoder.
     dropout: (rate after the conv stack, rate on the frame features).
     batch_split: the pmap path's batch layout (train steps); None under jit.

@@ -429,7 +429,7 @@ class DCGAN(_GAN):
     conditioning: how D takes the label: 'concat' or 'projection'.
     bn_momentum: momentum of G's BatchNorm running averages.
     upsample: 'subpixel' (3x3 conv to 4x the channels, then depth-to-space) or 'transpose'.
-    conv_impl: the `layers.Conv` implementation, 'xla' or 'im2col'.
+    conv_impl: the `layers.Conv` implementation, 'xla', 'xla_subpixel' or 'im2col'.
     info_codes: > 0: an InfoGAN with a categorical code of this many values (num_classes = 0).
     image_shape: the images' (H, W, C); the task sets it from the data.
     batch_split: the pmap path's batch layout (train steps); None under jit.

@@ -246,6 +246,69 @@ def materialize_on_cpu(x: jax.Array) -> jax.Array:
   return lax.platform_dependent(x, cpu=_update_in_place, default=lambda x: x)
 
 
+# --------------------------------------------- strided input gradient, sub-pixel
+
+
+def _conv_xla(x, kernel, strides, pads):
+  return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_DN)
+
+
+def _subpixel_input_grad(g, kernel, x_hw, strides, pads):
+  """dL/dx of a strided convolution: one stride-1 convolution of g onto the s_h*s_w sub-pixel
+  phases of x, then a depth-to-space.
+
+  With x padded to xp, y[o] = sum_k xp[s*o + k] w[k], so xp's pixel s*p + r receives
+  sum_m g[p - m] w[r + s*m]: per phase r, a correlation of g with the taps r, r + s, ... of w.
+  XLA's transpose rule instead convolves g dilated with s - 1 zeros between pixels by the whole
+  kernel, s_h*s_w times the multiplications (most of them by zero).
+
+  Args:
+    g: the output gradient (B, Ho, Wo, cout).
+    kernel: (kh, kw, cin, cout).
+    x_hw: (H, W) of the convolution's input.
+    strides: (s_h, s_w).
+    pads: ((lo, hi), (lo, hi)) of the forward convolution.
+
+  Returns:
+    (B, H, W, cin), in g's dtype.
+  """
+  kh, kw, cin, cout = kernel.shape
+  (sh, sw), ((lh, _), (lw, _)), (h, w) = strides, pads, x_hw
+  th, tw = -(-kh // sh), -(-kw // sw)  # taps per phase
+  # v[a, b, :, (r, q, c)] = w[r + s_h*(th-1-a), q + s_w*(tw-1-b), c, :]: phases on the channels.
+  v = jnp.pad(kernel, ((0, sh * th - kh), (0, sw * tw - kw), (0, 0), (0, 0)))
+  v = v.reshape(th, sh, tw, sw, cin, cout)[::-1, :, ::-1]
+  v = v.transpose(0, 2, 5, 1, 3, 4).reshape(th, tw, cout, sh * sw * cin)
+  ph, pw = -(-(lh + h) // sh), -(-(lw + w) // sw)  # phase rows and columns that reach x
+  zero = jnp.zeros((), g.dtype)
+  g = lax.pad(
+    g, zero, ((0, 0, 0), (th - 1, ph - g.shape[1], 0), (tw - 1, pw - g.shape[2], 0), (0, 0, 0))
+  )
+  dxp = depth_to_space(_conv_xla(g, v.astype(g.dtype), (1, 1), 'VALID'), (sh, sw))
+  # x[i] is xp[lo + i]: crop (or, for a negative lo, zero-pad) to x's rows and columns.
+  edges = [(-lo, n + lo - m, 0) for lo, n, m in zip((lh, lw), (h, w), dxp.shape[1:3])]
+  return lax.pad(dxp, zero, ((0, 0, 0), *edges, (0, 0, 0)))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_subpixel_grad(x, kernel, strides, pads):
+  """XLA's convolution, its kernel gradient XLA's, its input gradient `_subpixel_input_grad`."""
+  return _conv_xla(x, kernel, strides, pads)
+
+
+def _conv_subpixel_grad_fwd(x, kernel, strides, pads):
+  return _conv_xla(x, kernel, strides, pads), (x, kernel)
+
+
+def _conv_subpixel_grad_bwd(strides, pads, res, g):
+  x, kernel = res
+  kernel_t = jax.linear_transpose(lambda k: _conv_xla(x, k, strides, pads), kernel)
+  return _subpixel_input_grad(g, kernel, x.shape[1:3], strides, pads), kernel_t(g)[0]
+
+
+_conv_subpixel_grad.defvjp(_conv_subpixel_grad_fwd, _conv_subpixel_grad_bwd)
+
+
 def conv2d(
   x: jax.Array,
   kernel: jax.Array,
@@ -262,9 +325,14 @@ def conv2d(
     kernel: (kh, kw, in_channels, out_channels).
     strides: (sh, sw).
     padding: 'SAME', 'VALID' (or 'SAME_LOWER'), or ((lo, hi), (lo, hi)).
-    impl: 'xla' (``lax.conv_general_dilated``) or 'im2col' (chunked patches +
-      matmul with a chunked custom backward; see the module docstring for
-      when it is faster). 'im2col' supports reverse mode only (no jax.jvp).
+    impl: 'xla' (``lax.conv_general_dilated``, differentiated by jax),
+      'xla_subpixel' (the same, but the input gradient of a convolution whose
+      kernel is larger than its stride > 1 is `_subpixel_input_grad`: at
+      stride 2 a quarter of the multiplications of XLA's zero-dilated one;
+      equal up to rounding) or 'im2col' (chunked patches + matmul with a
+      chunked custom backward; see the module docstring for when it is
+      faster). 'xla_subpixel' and 'im2col' support reverse mode only (no
+      jax.jvp).
     chunk: images per im2col loop step, small enough that a chunk's patch
       tensor stays in cache (4-8 suit a small CPU; benchmarks/conv_impls.py).
       The batch is split into near-equal chunks of at most ``chunk`` images
@@ -280,9 +348,12 @@ def conv2d(
   """
   strides = (strides,) * 2 if isinstance(strides, int) else tuple(int(s) for s in strides)
   pads = _resolve_padding(padding, x.shape[1:3], kernel.shape[:2], strides)
-  if impl == 'xla':
+  if impl in ('xla', 'xla_subpixel'):
     x = materialize_on_cpu(x)  # benchmarks/README.md: 1.2x on ResNet-20's step
-    return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_DN)
+    strided = [(k, s) for k, s in zip(kernel.shape[:2], strides) if s > 1]
+    if impl == 'xla_subpixel' and strided and all(k > s for k, s in strided):
+      return _conv_subpixel_grad(x, kernel, strides, pads)
+    return _conv_xla(x, kernel, strides, pads)
   if impl == 'im2col':
     return _conv_im2col(x, kernel, strides, pads, int(chunk))
   raise ValueError(f'unknown conv impl {impl!r}')
@@ -300,7 +371,7 @@ class Conv(nn.Module):
     strides: (sh, sw).
     padding: as in `conv2d`.
     use_bias: add a learned bias.
-    impl: 'xla' or 'im2col' (see `conv2d`).
+    impl: 'xla', 'xla_subpixel' or 'im2col' (see `conv2d`).
     chunk: images per im2col loop step (see `conv2d`).
     dtype: the computation dtype (None: from the inputs and params).
     param_dtype: the parameters' dtype.
@@ -404,19 +475,21 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   return _max_pool_2x2(x)
 
 
-def depth_to_space(x: jax.Array, r: int = 2) -> jax.Array:
+def depth_to_space(x: jax.Array, r: int | tuple[int, int] = 2) -> jax.Array:
   """The sub-pixel upsampling of a conv's channels.
 
   Args:
-    x: (B, H, W, r*r*C); channel (i*r + j)*C + c becomes pixel (i, j) of channel c's r x r block.
-    r: the upsampling factor.
+    x: (B, H, W, r_h*r_w*C); channel (i*r_w + j)*C + c becomes pixel (i, j) of channel c's
+      r_h x r_w block.
+    r: the upsampling factor, or (r_h, r_w).
 
   Returns:
-    (B, r*H, r*W, C).
+    (B, r_h*H, r_w*W, C).
   """
+  rh, rw = (r, r) if isinstance(r, int) else r
   b, h, w, c = x.shape
-  x = x.reshape(b, h, w, r, r, c // (r * r)).transpose(0, 1, 3, 2, 4, 5)
-  return x.reshape(b, h * r, w * r, c // (r * r))
+  x = x.reshape(b, h, w, rh, rw, c // (rh * rw)).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, h * rh, w * rw, c // (rh * rw))
 
 
 class Dropout(nn.Dropout):

@@ -109,7 +109,7 @@ class ResNet(nn.Module):
     block: 'basic' (two 3x3 convs) or 'bottleneck' (1x1, 3x3, 1x1 to 4x the channels).
     width: the channels of the stem and of the first stage.
     stem: 'cifar' (one 3x3 conv) or 'imagenet' (7x7/2 conv and 3x3/2 max-pool).
-    conv_impl: the `layers.Conv` implementation, 'xla' or 'im2col'.
+    conv_impl: the `layers.Conv` implementation, 'xla', 'xla_subpixel' or 'im2col'.
     padding: 'same' (XLA's SAME: a stride-2 3x3 conv pads (0, 1) on even sizes) or 'torch'
       (kernel_size // 2 on every side, as torchvision; for its weights, see jaxvision/pretrained).
     bn_momentum: momentum of BatchNorm's running averages.

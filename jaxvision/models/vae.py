@@ -160,7 +160,7 @@ class ConvVAE(nn.Module):
     hidden: a dense layer of this width between the convs and z, both ways (0 = none).
     image_shape: the (H, W, C) the decoder produces; the task sets it from the data.
     outputs: decoder outputs per pixel channel (see `MLPVAE`).
-    conv_impl: the `layers.Conv` implementation, 'xla' or 'im2col'.
+    conv_impl: the `layers.Conv` implementation, 'xla', 'xla_subpixel' or 'im2col'.
     dtype: the computation dtype (see `MLPVAE`).
   """
 
