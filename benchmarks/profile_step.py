@@ -3,6 +3,7 @@
     python benchmarks/profile_step.py                        # the six benchmark models, batch 128
     python benchmarks/profile_step.py --models resnet --set cpu_convolutions=xla
     python benchmarks/profile_step.py --models vae --trace-dir /tmp/vae_trace   # keep the trace
+    python benchmarks/profile_step.py --models dcgan --top 20   # and its 20 slowest ops
 
 For each model (configs/<model>.py, the product's step exactly as `run.py` jits it, on one
 batch of real training images) it times the step, then traces `--steps` steps with
@@ -18,7 +19,10 @@ events per step, by what the op computes (read from the compiled HLO):
 
 (ops inside loops, such as im2col's chunked convs and the LSTM's scan, count as themselves).
 
-No torch needed. The trace can be opened in Perfetto (ui.perfetto.dev) or TensorBoard.
+`--top N` lists the N slowest ops with their result shape and the jax op that made them (the
+HLO's op_name, e.g. `transpose(jvp(ResNet))/.../conv_general_dilated` for a gradient). The
+step runs with malloc on huge pages, as `run.py` runs it. No torch needed. The trace can be
+opened in Perfetto (ui.perfetto.dev) or TensorBoard.
 Percentages are of the summed op time. XLA:CPU runs independent ops on both cores at once,
 so the sum can exceed the step time (`traced` > 100 %); XLA's own convolutions run on
 Eigen's pool, mostly outside the trace (`traced` well under 100 % with
@@ -105,6 +109,16 @@ def op_kinds(hlo_text: str) -> dict:
   return kinds
 
 
+def op_info(hlo_text: str) -> dict:
+  """{instruction name: (result shape, jax's op_name)} for the instructions of a compiled HLO
+  module: what an op event of the trace computed, and which line of the model made it."""
+  info = {}
+  for m in re.finditer(r'^\s+(?:ROOT )?%?([\w.\-]+) = (\S+) [^\n]*$', hlo_text, re.M):
+    source = re.search(r'op_name="([^"]*)"', m.group(0))
+    info[m.group(1)] = (m.group(2), source.group(1) if source else '')
+  return info
+
+
 def op_times(trace_dir: str, steps: int) -> dict:
   """{event name: microseconds per step} of the complete events in the trace under trace_dir."""
   path = glob.glob(os.path.join(trace_dir, '**', '*.trace.json.gz'), recursive=True)[0]
@@ -117,7 +131,9 @@ def op_times(trace_dir: str, steps: int) -> dict:
   return total
 
 
-def profile(name: str, overrides: list[str], batch: int, steps: int, trace_dir: str) -> dict:
+def profile(
+  name: str, overrides: list[str], batch: int, steps: int, trace_dir: str, top: int = 0
+) -> dict:
   import jax
 
   from jaxvision import config as config_lib
@@ -152,13 +168,20 @@ def profile(name: str, overrides: list[str], batch: int, steps: int, trace_dir: 
     for _ in range(steps):
       state, metrics = compiled(state, batch_)
     jax.block_until_ready((state, metrics))
-  kinds = op_kinds(compiled.as_text())
+  hlo = compiled.as_text()
+  kinds, times = op_kinds(hlo), op_times(trace_dir, steps)
   by_kind = collections.Counter()
-  for event, us in op_times(trace_dir, steps).items():
+  for event, us in times.items():
     if event in kinds:
       by_kind[kinds[event]] += us
   traced = sum(by_kind.values())
+  info = op_info(hlo)
+  slowest = sorted((e for e in times if e in kinds), key=lambda e: -times[e])[:top]
   return {
+    'slowest_ops': [
+      {'op': e, 'ms': times[e] / 1e3, 'kind': kinds[e], 'shape': info[e][0], 'source': info[e][1]}
+      for e in slowest
+    ],
     'model': name,
     'overrides': overrides,
     'batch': batch,
@@ -181,14 +204,20 @@ def main(argv=None):
     '--trace-dir', default='', help='keep the traces here (default: a temporary folder)'
   )
   ap.add_argument('--out', default='', help='also write the rows as JSON here')
+  ap.add_argument(
+    '--top', type=int, default=0, help='also list the N slowest ops (shape, the jax op behind it)'
+  )
   args = ap.parse_args(argv)
   sys.path.insert(0, ROOT)
+  from jaxvision import hugepages
+
+  hugepages.reexec()  # as run.py does
   rows = []
   for name in [m for m in args.models.split(',') if m]:
     trace_dir = (
       os.path.join(args.trace_dir, name) if args.trace_dir else tempfile.mkdtemp(prefix='trace_')
     )
-    row = profile(name, args.set, args.batch, args.steps, trace_dir)
+    row = profile(name, args.set, args.batch, args.steps, trace_dir, args.top)
     rows.append(row)
     print(
       f'\n{name} {" ".join(args.set)}: {row["step_ms"]:.1f} ms/step '
@@ -197,6 +226,8 @@ def main(argv=None):
     )
     for kind, ms in sorted(row['ms_by_kind'].items(), key=lambda kv: -kv[1]):
       print(f'  {kind:26s} {ms:8.1f} ms  {100 * ms / row["traced_ms"]:5.1f} %')
+    for op in row['slowest_ops']:
+      print(f'  {op["ms"]:7.2f} ms  {op["kind"]:26s} {op["shape"]:28s} {op["source"][-90:]}')
   if args.out:
     with open(args.out, 'w') as f:
       json.dump(rows, f, indent=1)

@@ -161,8 +161,10 @@ def plot_curves(paths, png: str, target: float | None = None) -> None:
   """`eval/fd` against the train step, one line per run's metrics.jsonl (its in-loop evals);
   `target`, another model's FD, as a dotted line."""
   fig, ax = _pyplot().subplots(figsize=(6, 4), dpi=120)
-  floor = None
+  floor, sample_counts = None, set()
   for path in paths:
+    run = writers.read_json(os.path.join(os.path.dirname(os.path.abspath(path)), 'run.json'))
+    sample_counts.add((run or {}).get('config', {}).get('eval', {}).get('fd_samples'))
     evals = {}  # a step's first eval: the run's own, not a later --mode eval's other sampler
     for event, _ in writers.read_events(path):
       if event is not None and 'eval/fd' in event:
@@ -176,7 +178,8 @@ def plot_curves(paths, png: str, target: float | None = None) -> None:
     ax.axhline(target, color='black', ls=':', label=f'target ({target})')
   ax.set_yscale('log')
   ax.set_xlabel('train step')
-  ax.set_ylabel('eval/fd (8,000 samples)')
+  (n,) = sample_counts if len(sample_counts) == 1 else (None,)  # the runs' eval.fd_samples
+  ax.set_ylabel(f'eval/fd ({n:,} samples)' if n else 'eval/fd')
   _save(fig, ax, png)
 
 

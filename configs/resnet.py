@@ -41,8 +41,7 @@ def get_config(preset: str = ''):
   c.optim.weight_decay = 5e-4
   # XLA:CPU's own convolutions instead of YNNPACK's: 1.21x on this step (benchmarks/README.md,
   # quiet rerun; 1.23x in the first run);
-  # no effect on GPU/TPU. The README's ResNet-20 result was measured with 'ynnpack' and
-  # model.conv_impl='xla' (the strided input gradients as XLA transposes them).
+  # no effect on GPU/TPU.
   c.cpu_convolutions = 'xla'
 
   if preset == 'smoke':

@@ -3,6 +3,10 @@ the UNet, and the task through the loop (resume, pmap, FSDP and the end-to-end r
 presets are in test_faults, test_parallel and test_commands with the other tasks)."""
 
 import dataclasses
+import json
+import os
+import sys
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from conftest import init_variables
+from conftest import ROOT, init_variables
 from jaxvision import config as config_lib
 from jaxvision import experiment, tasks, train
 from jaxvision.errors import ConfigError
@@ -259,3 +263,30 @@ def test_the_task_refuses_another_model(make_config):
     config.model.name = 'dcgan'
   with pytest.raises(ConfigError, match="task diffusion needs model.name='unet', not 'dcgan'"):
     diffusion.validate(config)
+
+
+@pytest.mark.parametrize('counts', [(1000, 1000), (1000, 8000)])
+def test_fd_curves_label_the_runs_sample_count(tmp_path, counts):
+  """`benchmarks/sampler_steps.py --curves` labels the FD axis with the runs' eval.fd_samples
+  (read from each run.json), and with no count where the runs differ."""
+  sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+  import sampler_steps  # a script of benchmarks/, found through sys.path
+
+  paths = []
+  for i, n in enumerate(counts):
+    run = tmp_path / f'run{i}'
+    run.mkdir()
+    (run / 'run.json').write_text(json.dumps({'config': {'eval': {'fd_samples': n}}}))
+    events = [{'step': s, 'eval/fd': 1.0 / s, 'eval/fd_floor': 0.1} for s in (100, 200)]
+    (run / 'metrics.jsonl').write_text(''.join(json.dumps(e) + '\n' for e in events))
+    paths.append(str(run / 'metrics.jsonl'))
+  ax = mock.MagicMock()
+  with (
+    mock.patch.object(sampler_steps, '_pyplot') as pyplot,
+    mock.patch.object(sampler_steps, '_save'),
+  ):
+    pyplot.return_value.subplots.return_value = (mock.MagicMock(), ax)
+    sampler_steps.plot_curves(paths, str(tmp_path / 'curves.png'))
+  want = 'eval/fd (1,000 samples)' if len(set(counts)) == 1 else 'eval/fd'
+  ax.set_ylabel.assert_called_once_with(want)
+  assert [c.args[1] for c in ax.plot.call_args_list] == [[0.01, 0.005]] * 2

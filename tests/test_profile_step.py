@@ -39,3 +39,6 @@ def test_op_kinds_and_times_of_a_traced_step(tmp_path):
   times = profile_step.op_times(str(tmp_path), 3)
   convs = [name for name, kind in kinds.items() if kind.startswith('conv')]
   assert any(times.get(name, 0) > 0 for name in convs), (convs, sorted(times)[:20])
+  info = profile_step.op_info(compiled.as_text())
+  assert all(info[name][0].startswith('f32[') for name in convs)
+  assert any('conv_general_dilated' in info[name][1] for name in convs), [info[n] for n in convs]
