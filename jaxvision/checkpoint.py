@@ -58,18 +58,40 @@ def _quiet():
     absl_logging.set_verbosity(verbosity)
 
 
+class _WithoutLateReads:
+  """An unraisable hook that drops the RuntimeError('Event loop is closed') of a TensorStore read
+  that finished after a failed restore had closed Orbax's event loop (TensorStore hands the
+  result to `loop.call_soon_threadsafe` from its own thread, whenever the read ends), and passes
+  every other unraisable exception to the hook it wraps."""
+
+  def __init__(self, hook):
+    self.hook = hook
+
+  def __call__(self, unraisable) -> None:
+    e = unraisable.exc_value
+    if not (isinstance(e, RuntimeError) and str(e) == 'Event loop is closed'):
+      self.hook(unraisable)
+
+
 @contextlib.contextmanager
 def _reads_that_may_fail():
   """A failed read of a step leaves Orbax coroutines holding the error; Python prints each one
   ("Exception ignored in: <coroutine ...>", a page of TensorStore spec) when they are collected.
-  The step's error is reported once by `restore`, so those are collected here, silently."""
+  The step's error is reported once by `restore`, so those are collected here, silently; and
+  from a failed read on, the reads still in flight may end at any time with nowhere to deliver
+  their results, so `_WithoutLateReads` keeps their errors out of stderr for the process."""
   hook = sys.unraisablehook
   sys.unraisablehook = lambda unraisable: None
+  failed = False
   try:
     yield
+  except BaseException:
+    failed = True
+    raise
   finally:
     gc.collect()
-    sys.unraisablehook = hook
+    late = failed and not isinstance(hook, _WithoutLateReads)
+    sys.unraisablehook = _WithoutLateReads(hook) if late else hook
 
 
 def _short(e: BaseException) -> str:
