@@ -292,7 +292,8 @@ def _subpixel_input_grad(g, kernel, x_hw, strides, pads):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _conv_subpixel_grad(x, kernel, strides, pads):
-  """XLA's convolution, its kernel gradient XLA's, its input gradient `_subpixel_input_grad`."""
+  """XLA's convolution, its kernel gradient XLA's, its input gradient `_subpixel_input_grad` on
+  CPU (XLA's elsewhere)."""
   return _conv_xla(x, kernel, strides, pads)
 
 
@@ -303,7 +304,14 @@ def _conv_subpixel_grad_fwd(x, kernel, strides, pads):
 def _conv_subpixel_grad_bwd(strides, pads, res, g):
   x, kernel = res
   kernel_t = jax.linear_transpose(lambda k: _conv_xla(x, k, strides, pads), kernel)
-  return _subpixel_input_grad(g, kernel, x.shape[1:3], strides, pads), kernel_t(g)[0]
+  x_t = jax.linear_transpose(lambda x: _conv_xla(x, kernel, strides, pads), x)
+  # Measured on CPU only (benchmarks/README.md); GPUs and TPUs keep XLA's own input gradient.
+  dx = lax.platform_dependent(
+    g,
+    cpu=lambda g: _subpixel_input_grad(g, kernel, x.shape[1:3], strides, pads),
+    default=lambda g: x_t(g)[0],
+  )
+  return dx, kernel_t(g)[0]
 
 
 _conv_subpixel_grad.defvjp(_conv_subpixel_grad_fwd, _conv_subpixel_grad_bwd)
@@ -326,8 +334,8 @@ def conv2d(
     strides: (sh, sw).
     padding: 'SAME', 'VALID' (or 'SAME_LOWER'), or ((lo, hi), (lo, hi)).
     impl: 'xla' (``lax.conv_general_dilated``, differentiated by jax),
-      'xla_subpixel' (the same, but the input gradient of a convolution whose
-      kernel is larger than its stride > 1 is `_subpixel_input_grad`: at
+      'xla_subpixel' (the same, but on CPU the input gradient of a convolution
+      whose kernel is larger than its stride > 1 is `_subpixel_input_grad`: at
       stride 2 a quarter of the multiplications of XLA's zero-dilated one;
       equal up to rounding) or 'im2col' (chunked patches + matmul with a
       chunked custom backward; see the module docstring for when it is
