@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import importlib.metadata
 import os
+import platform
 import subprocess
 import sys
 from collections.abc import Callable
@@ -146,6 +147,22 @@ def versions() -> dict:
     with contextlib.suppress(importlib.metadata.PackageNotFoundError):
       out[p] = importlib.metadata.version(p)
   return out
+
+
+def host() -> dict:
+  """What else fixes the bits of a CPU run: the CPU (XLA:CPU compiles for its vector
+  instructions) and the threads of XLA:CPU's pool, which split convolutions and matrix products
+  (`PJRT_NPROC`, else `NPROC`, else the cores this process may use: jax's own rule)."""
+  cpu = platform.processor() or platform.machine()
+  with contextlib.suppress(OSError):
+    with open('/proc/cpuinfo', encoding='utf-8') as f:
+      names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
+    cpu = names[0] if names else cpu
+  set_by = [os.environ.get(v, '').strip() for v in ('PJRT_NPROC', 'NPROC')]
+  threads = next((int(v) for v in set_by if v.isdigit()), None)
+  if threads is None:
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+  return {'cpu': cpu, 'threads': threads}
 
 
 def check_classes(config, train_split) -> None:
@@ -383,7 +400,7 @@ def run_info(exp: Experiment) -> dict:
     exp: the Experiment.
 
   Returns:
-    {'config', 'workdir', 'git_commit', 'versions', 'devices', 'data', 'num_params',
+    {'config', 'workdir', 'git_commit', 'versions', 'devices', 'host', 'data', 'num_params',
     'init_from', 'feature_networks' (of FD/KID/FID, or None)}.
   """
   return {
@@ -398,6 +415,7 @@ def run_info(exp: Experiment) -> dict:
       'kind': jax.devices()[0].device_kind,
       'mesh': dict(exp.mesh.shape),
     },
+    'host': host(),
     'data': {'train': exp.train_split.fingerprint, 'eval': exp.eval_split.fingerprint},
     'num_params': sum(int(x.size) for x in jax.tree_util.tree_leaves(exp.state.params)),
     'init_from': exp.transfer,

@@ -43,6 +43,7 @@ def test_workdir_contract(finished_run):
   assert info['num_params'] == 72 + 1152 + 2304 * 32 + 2 * (8 + 16 + 32) + 330
   assert len(info['final_params_sha256']) == 64 and info['final_step'] == config.train.steps
   assert {'jax', 'flax', 'optax', 'orbax-checkpoint'} <= set(info['versions'])
+  assert info['host'] == experiment.host()
   events = _read_jsonl(workdir)
   train_steps = [e['step'] for e in events if 'train/loss' in e]
   assert train_steps == list(
@@ -318,3 +319,17 @@ def test_divergence_stops_with_one_line_and_keeps_the_good_checkpoints(make_conf
     assert ckpt.all_steps() == [2, 4]  # nothing of the diverged run was saved
   finally:
     ckpt.close()
+
+
+def test_run_json_names_the_cpu_and_its_thread_pool(monkeypatch):
+  # XLA:CPU's pool size changes a CPU run's last bits (docs/reproducibility.md), so run.json
+  # records it by jax's rule: PJRT_NPROC, else NPROC, else the cores this process may use.
+  monkeypatch.setenv('PJRT_NPROC', '16')
+  monkeypatch.setenv('NPROC', '3')
+  assert experiment.host()['threads'] == 16
+  monkeypatch.setenv('PJRT_NPROC', 'many')  # not a number: jax reads the next one
+  assert experiment.host()['threads'] == 3
+  monkeypatch.delenv('PJRT_NPROC')
+  monkeypatch.delenv('NPROC')
+  assert experiment.host()['threads'] == len(os.sched_getaffinity(0))
+  assert experiment.host()['cpu']
