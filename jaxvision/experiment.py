@@ -358,12 +358,13 @@ def run_eval(exp: Experiment, state, final: bool = False, interrupted=lambda: Fa
     EvalInterrupted: `interrupted()` turned true; the loop saves instead.
   """
   step_fn = exp.final_eval_step if final else exp.eval_step
-  sums = None
+  sums, in_flight = None, parallel.DispatchBound()
   for batch in exp.eval_batches():
     if interrupted():
       raise EvalInterrupted()
     out = step_fn(state, parallel.to_global(batch, exp.batch_sharding))
     sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+    in_flight.add(sums)
   sums = jax.device_get(sums)
   count = sums.pop('count')
   metrics = {f'eval/{k}': float(v) / float(count) for k, v in sums.items()}

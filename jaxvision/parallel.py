@@ -31,8 +31,12 @@ no-ops under jit (split None): `batch_mean` (the task's gradients and metrics:
 `axis_name`) and `batch_rows` (every random draw with a batch dimension —
 augmentation, dropout, latents — is drawn at the global batch size and each
 device keeps its own rows, so it gets the numbers the jit path gives those rows).
+
+`DispatchBound` keeps the loops from running more than 8 steps ahead of several CPU devices,
+past which XLA:CPU can deadlock a step's all-reduce.
 """
 
+import collections
 import dataclasses
 import math
 import re
@@ -235,6 +239,34 @@ def to_global(local_batch: dict, sharding: NamedSharding) -> dict:
     {key: jax.Array [global rows, ...]} sharded by `sharding`.
   """
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
+
+
+class DispatchBound:
+  """Bounds how far the host runs ahead of several CPU devices: `add(out)` of a dispatched step's
+  output waits until the output added `depth` calls before is ready.
+
+  A loop that fetches its results every N steps queues N computations per device. XLA:CPU lets 32
+  queue per device; the launch of the 33rd waits for one to finish while holding a thread of the
+  client's pool, which has a thread per device on a small machine, and a step's all-reduce needs
+  every device's part running on that pool: once the waiting launch holds the thread a part
+  needs, nothing finishes and XLA aborts the step after 40 s (exit 134, "Expected 8 threads to
+  join the rendezvous"). On one device, or on GPUs and TPUs, `add` does nothing: the loop's
+  fetches every `train.log_every` steps bound it, and waiting on every step cost the 1-device
+  CPU run throughput in an A/B (docs/performance.md).
+  """
+
+  def __init__(self, depth: int = 8):
+    several_cpus = jax.local_device_count() > 1 and jax.local_devices()[0].platform == 'cpu'
+    self._queued = collections.deque(maxlen=depth) if several_cpus else None
+
+  def add(self, out) -> None:
+    """Records a dispatched computation's output, first waiting for the oldest if `depth` are
+    queued."""
+    if self._queued is None:
+      return
+    if len(self._queued) == self._queued.maxlen:
+      jax.block_until_ready(self._queued[0])
+    self._queued.append(out)
 
 
 # XLA:CPU option that leaves convolutions to XLA's own emitter instead of YNNPACK (dots and

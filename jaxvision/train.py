@@ -19,7 +19,7 @@ import numpy as np
 import tqdm
 from jax.experimental import multihost_utils
 
-from jaxvision import checkpoint, experiment, preemption, writers
+from jaxvision import checkpoint, experiment, parallel, preemption, writers
 from jaxvision import workdir as workdir_lib
 from jaxvision.data import pipeline
 from jaxvision.errors import Diverged
@@ -95,9 +95,11 @@ class _Loop:
         raise stop.error(start, exp.workdir)
     state = exp.place(state)
     history, t_last, step_last = [], None, start
+    in_flight = parallel.DispatchBound()
     for step in range(start + 1, cfg.steps + 1):
       state, metrics = exp.train_step(state, exp.train_batch(next(self.data_iter)))
       history.append(metrics)
+      in_flight.add(metrics)
       if t_last is None:  # first step: compilation
         jax.block_until_ready(metrics)
         t_last, step_last = time.perf_counter(), step

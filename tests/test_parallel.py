@@ -127,15 +127,16 @@ def test_pmap_refuses_a_sharded_mesh(make_config, tmp_path, name, mesh, message)
   assert not os.path.exists(tmp_path / 'w')
 
 
-def _run_on_one_device(*args):
-  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=1'}
+def _python(*args, devices: int = 1, timeout: float = 300):
+  """Runs `python *args` from the repo root on `devices` forced CPU devices; must exit 0."""
+  env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}'}
   proc = subprocess.run(
-    [sys.executable, 'run.py', *args],
+    [sys.executable, *args],
     cwd=ROOT,
     env=env,
     capture_output=True,
     text=True,
-    timeout=300,
+    timeout=timeout,
   )
   assert proc.returncode == 0, proc.stderr[-2000:]
   return proc
@@ -147,7 +148,7 @@ def test_checkpoints_move_between_one_device_and_eight_fsdp_shards(
   common = ['--config', 'configs/cnn.py:smoke', f'--config.data.tfds_dir={tfds_dir}']
   # Written on 1 device, restored FSDP-sharded on 8: the same params as 8 devices trained.
   one = str(tmp_path / 'one_device')
-  _run_on_one_device(*common, '--workdir', one)
+  _python('run.py', *common, '--workdir', one)
   assert writers.read_json(os.path.join(one, 'run.json'))['devices']['count'] == 1
   fsdp = make_config('cnn', mesh__data=1, mesh__fsdp=8)
   exp, restored = _final_params(fsdp, one)
@@ -157,7 +158,7 @@ def test_checkpoints_move_between_one_device_and_eight_fsdp_shards(
   # Written FSDP-sharded on 8, evaluated on 1 device: the metrics of the run that wrote it.
   eight = str(tmp_path / 'eight_fsdp_shards')
   train.train_and_evaluate(fsdp, eight)
-  proc = _run_on_one_device(*common, '--workdir', eight, '--mode', 'eval')
+  proc = _python('run.py', *common, '--workdir', eight, '--mode', 'eval')
   final = writers.read_json(os.path.join(eight, 'run.json'))['final_metrics']
   printed = dict(kv.split('=') for kv in proc.stdout.split() if kv.startswith('eval/'))
   assert float(printed['eval/accuracy']) == pytest.approx(final['eval/accuracy'], abs=1e-6)
@@ -407,3 +408,32 @@ def test_run_py_trains_the_vit_smoke_run_with_a_model_axis(tmp_path, tfds_dir):
   info = writers.read_json(os.path.join(workdir, 'run.json'))
   assert info['devices']['mesh'] == {'data': 4, 'fsdp': 1, 'model': 2}
   assert 0 <= info['final_metrics']['eval/accuracy'] <= 1
+
+
+# A convolution step with an all-reduce on 8 CPU devices, dispatched 300 times through
+# `parallel.DispatchBound`. Without the bound (or with one of 40), XLA:CPU deadlocks within 100
+# steps: a launch waiting for the 33rd slot of its device holds the client thread another device's
+# part of the all-reduce needs, and XLA aborts after 40 s (exit 134).
+_DISPATCH_PROGRAM = """
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from jaxvision import parallel
+mesh = jax.make_mesh((8,), ('data',))
+x = jax.device_put(np.ones((64, 28, 28, 8), np.float32), NamedSharding(mesh, P('data')))
+w = jax.device_put(jnp.full((3, 3, 8, 16), 0.1), NamedSharding(mesh, P()))
+def loss(w):
+  dims = ('NHWC', 'HWIO', 'NHWC')
+  y = jax.lax.conv_general_dilated(x, w, (1, 1), 'SAME', dimension_numbers=dims)
+  return jnp.mean(jnp.tanh(y) ** 2)
+step = jax.jit(lambda w: (lambda l, g: (w - 0.01 * g, l))(*jax.value_and_grad(loss)(w)))
+in_flight = parallel.DispatchBound()
+for _ in range(300):
+  w, l = step(w)
+  in_flight.add(l)
+print(float(jax.device_get(l)))
+"""
+
+
+def test_dispatch_bound_keeps_collectives_on_eight_cpu_devices_from_deadlocking():
+  proc = _python('-c', _DISPATCH_PROGRAM, devices=8, timeout=120)
+  assert math.isfinite(float(proc.stdout.split()[-1]))
