@@ -14,10 +14,12 @@ def get_config(preset: str = ''):
   c = tasks.base_config('classification')
   c.model.name = 'cnn'
   c.model.variant = 'bn_dropout'
-  c.model.conv_impl = 'im2col'
+  c.model.conv_impl = 'xla'  # XLA's own (on CPU without YNNPACK): 1.16-1.46x im2col
   c.model.num_classes = 10
   c.model.features = (32, 64)
   c.model.hidden = 128
+
+  c.cpu_convolutions = 'xla'
 
   c.data.name = 'mnist10k'
   c.data.batch_size = 128
@@ -42,6 +44,8 @@ def get_config(preset: str = ''):
     c.model.hidden = 32
   elif preset == 'domain':  # the feature network of eval/fd and eval/kid (jaxvision/assets)
     c.model.hidden = 64
+    c.model.conv_impl = 'im2col'  # as the committed weights were trained
+    c.cpu_convolutions = 'ynnpack'
   elif preset == 'cifar10':
     c.data.name = 'cifar10'
     c.data.augment = 'crop_flip'
