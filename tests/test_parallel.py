@@ -411,9 +411,9 @@ def test_run_py_trains_the_vit_smoke_run_with_a_model_axis(tmp_path, tfds_dir):
 
 
 # A convolution step with an all-reduce on 8 CPU devices, dispatched 300 times through
-# `parallel.DispatchBound`. Without the bound (or with one of 40), XLA:CPU deadlocks within 100
-# steps: a launch waiting for the 33rd slot of its device holds the client thread another device's
-# part of the all-reduce needs, and XLA aborts after 40 s (exit 134).
+# `parallel.DispatchBound`. Without the bound XLA:CPU deadlocked within 100 steps (with a bound
+# of 40, within 2,000): a launch waiting for the 33rd slot of its device holds the client thread
+# another device's part of the all-reduce needs, and XLA aborts after 40 s (exit 134).
 _DISPATCH_PROGRAM = """
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
