@@ -38,6 +38,7 @@ past which XLA:CPU can deadlock a step's all-reduce.
 
 import collections
 import dataclasses
+import functools
 import math
 import re
 
@@ -291,6 +292,27 @@ def compiler_options(config) -> dict | None:
   if config.get('cpu_convolutions', 'ynnpack') == 'xla' and jax.default_backend() == 'cpu':
     return dict(_CPU_CONVS_WITHOUT_YNNPACK)
   return None
+
+
+def jit(fn, config):
+  """`jax.jit(fn)` compiled with `compiler_options(config)`, as the train steps are: for the
+  tasks' own jitted helpers (sample grids), which would otherwise get XLA's defaults (on CPU,
+  YNNPACK's convolutions, 3-4x slower than XLA's there: docs/performance.md). One jitted
+  function per (fn, options), so later calls reuse its compiled programs.
+
+  Args:
+    fn: the function to jit.
+    config: the experiment config (`cpu_convolutions`).
+
+  Returns:
+    The jitted fn.
+  """
+  return _jit(fn, tuple(sorted((compiler_options(config) or {}).items())))
+
+
+@functools.cache
+def _jit(fn, options: tuple):
+  return jax.jit(fn, compiler_options=dict(options) or None)
 
 
 def jit_train_step(step_fn, state_shardings, mesh: Mesh, options: dict | None = None):

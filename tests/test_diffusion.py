@@ -232,7 +232,8 @@ def test_bad_diffusion_values_are_one_line(make_config, overrides, message):
 
 
 def test_the_cifar10_preset_trains_on_mock_data(make_config, tmp_path):
-  """The colour preset as written (only the network shrunk, a few steps) on TFDS mock data."""
+  """The colour preset as written (only the network shrunk, a few train and sampler steps) on TFDS
+  mock data."""
   config = make_config(
     'diffusion',
     'cifar10',
@@ -248,6 +249,7 @@ def test_the_cifar10_preset_trains_on_mock_data(make_config, tmp_path):
     train__log_every=1,
     train__eval_every=2,
     train__ckpt_every=2,
+    sample__steps=2,  # the grid's 64 images: 25 steps of this UNet on 32x32 took ~100 s here
   )
   with tfds.testing.mock_data(num_examples=24, policy=tfds.testing.MockPolicy.USE_CODE):
     exp = experiment.setup(config, str(tmp_path / 'run'))

@@ -2,6 +2,8 @@
 
 import dataclasses
 import json
+import os
+import sys
 
 import chex
 import jax
@@ -9,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import init_variables, lowered_programs
-from jaxvision import checkpoint, tasks, train
+from conftest import ROOT, init_variables, lowered_programs
+from jaxvision import checkpoint, parallel, tasks, train
 from jaxvision import config as config_lib
 from jaxvision.evaluate import generative
 from jaxvision.models import gan as gan_models
@@ -25,6 +27,22 @@ def _state_and_batch(make_config, name='dcgan', **overrides):
     'label': jnp.asarray(rng.integers(0, 10, 16), jnp.int32),
   }
   return config, gan.init(config, jax.random.PRNGKey(0), batch), batch
+
+
+def test_sample_grids_compile_with_the_configs_cpu_convolutions(make_config):
+  """The tasks' grid helpers jit through `parallel.jit`, as the train step: with
+  cpu_convolutions='xla' (the DCGAN's) no convolution is left to YNNPACK, with 'ynnpack' (XLA's
+  default) some are; one jitted function per config's options."""
+  sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+  import profile_step  # a script of benchmarks/, found through sys.path
+
+  for convs in ('xla', 'ynnpack'):
+    config, state, _ = _state_and_batch(make_config, cpu_convolutions=convs)
+    sample = parallel.jit(gan._sample_fixed, config)
+    assert sample is parallel.jit(gan._sample_fixed, config)
+    z = jnp.zeros((4, state.model.latents))
+    kinds = set(profile_step.op_kinds(sample.lower(state, z, None).compile().as_text()).values())
+    assert ('conv (ynn)' in kinds) == (convs == 'ynnpack'), (convs, kinds)
 
 
 @pytest.mark.parametrize('shape', [(28, 28, 1), (32, 32, 3), (64, 64, 3)])

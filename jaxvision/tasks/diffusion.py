@@ -446,11 +446,6 @@ def sample(state: DiffusionState, rng, n: int, labels=None) -> jax.Array:
   return generate(state, noise, labels, step_key)
 
 
-@jax.jit
-def _generate_fixed(state: DiffusionState, noise, labels, rng):
-  return generate(state, noise, labels, rng)
-
-
 def sample_images(state: DiffusionState, config, batch) -> dict:
   """uint8 grid 'samples' from noise fixed at the start of the run (a function of the seed); for
   a conditional model one row per class, the same noise down each column."""
@@ -463,7 +458,7 @@ def sample_images(state: DiffusionState, config, batch) -> dict:
   if num_classes:  # row r: class r; column c: the same noise in every row
     noise = jnp.tile(noise, (num_classes, 1, 1, 1))
     labels = jnp.repeat(jnp.arange(num_classes), _COLS)
-  images = _generate_fixed(state, noise, labels, jax.random.fold_in(key, 1))
+  images = parallel.jit(generate, config)(state, noise, labels, jax.random.fold_in(key, 1))
   return {'samples': grids.make_grid(np.asarray(images), rows)}
 
 

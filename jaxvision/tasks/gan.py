@@ -553,7 +553,6 @@ def sample(state: GANState, rng, n: int, labels=None) -> jax.Array:
   return (_generate_ema(state, z, labels) + 1.0) / 2.0
 
 
-@jax.jit
 def _sample_fixed(state: GANState, z, y):
   """Images in [0, 1] of the EMA generator for given latents and labels."""
   return (_generate_ema(state, z, y) + 1.0) / 2.0
@@ -580,7 +579,7 @@ def sample_images(state: GANState, config, batch) -> dict:
     y = jnp.repeat(jnp.arange(num_classes), _COLS)
   else:
     z, y = jax.random.normal(key, (_COLS * _COLS, state.model.latents)), None
-  images = np.asarray(_sample_fixed(state, z, y))
+  images = np.asarray(parallel.jit(_sample_fixed, config)(state, z, y))
   return {'samples': grids.make_grid(images, num_classes or _COLS)}
 
 

@@ -561,7 +561,6 @@ def fixed_latents(config, n: int, latents: int) -> jax.Array:
   )
 
 
-@jax.jit
 def _decode_probs(state: VAEState, z, y):
   """Mean images in [0, 1] decoded from z."""
   return mean_image(
@@ -569,7 +568,6 @@ def _decode_probs(state: VAEState, z, y):
   )
 
 
-@jax.jit
 def _encode_mean(state: VAEState, x, y):
   """The posterior means f32[B, latents] of images x."""
   return state.model.apply({'params': state.params}, x, y, method='encode')[0]
@@ -603,7 +601,8 @@ def sample_images(state: VAEState, config, batch) -> dict:
   if num_classes:  # row r: class r; column c: the same latent z[c] in every row
     z = jnp.tile(z, (num_classes, 1))
     y = jnp.repeat(jnp.arange(num_classes), _COLS)
-  samples = _decode_probs(state, z, y)
+  decode, encode = parallel.jit(_decode_probs, config), parallel.jit(_encode_mean, config)
+  samples = decode(state, z, y)
 
   need = max(_RECON_ROWS * _COLS, 2 * _INTERP_ROWS)
   real, labels = np.asarray(batch['image'])[:need], np.asarray(batch['label'])[:need]
@@ -614,7 +613,7 @@ def sample_images(state: VAEState, config, batch) -> dict:
     )
   y_real = jnp.asarray(labels) if model.conditional else None
   x_bin, _ = observe_eval(jnp.asarray(real), state.opts)
-  recon = _decode_probs(state, _encode_mean(state, x_bin, y_real), y_real)
+  recon = decode(state, encode(state, x_bin, y_real), y_real)
   pairs = np.stack(
     [
       np.asarray(x_bin).reshape(_RECON_ROWS, _COLS, *real.shape[1:]),
@@ -623,12 +622,12 @@ def sample_images(state: VAEState, config, batch) -> dict:
     axis=1,
   )
 
-  means = np.asarray(_encode_mean(state, x_bin, y_real))
+  means = np.asarray(encode(state, x_bin, y_real))
   z_line = grids.interpolation_latents(
     means[:_INTERP_ROWS], means[_INTERP_ROWS : 2 * _INTERP_ROWS], _INTERP_STEPS
   )
   y_line = None if y_real is None else jnp.repeat(y_real[:_INTERP_ROWS], _INTERP_STEPS)
-  line = _decode_probs(state, jnp.asarray(z_line), y_line)
+  line = decode(state, jnp.asarray(z_line), y_line)
   return {
     'samples': grids.make_grid(np.asarray(samples), rows),
     'reconstructions': grids.make_grid(pairs.reshape(-1, *real.shape[1:]), 2 * _RECON_ROWS),
