@@ -124,3 +124,13 @@ def test_ruff_passes(command):
     [os.path.join(VENV_BIN, 'ruff'), *command, '.'], cwd=ROOT, capture_output=True, text=True
   )
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-1000:]
+
+
+@pytest.mark.xdist_group('house')
+def test_xdist_groups_reach_the_scheduler(request):
+  """Under pytest-xdist's loadgroup (pyproject.toml's addopts) a test's xdist_group is a suffix of
+  its node id, which is what sends a group to one worker; pytest 9.2 with xdist 3.8 drops it, and
+  the jax.distributed tests of the 'multiprocess' group then run side by side."""
+  if not getattr(request.config.option, 'loadgroup', False):  # set on xdist's workers
+    pytest.skip('not under pytest-xdist --dist loadgroup')
+  assert request.node.nodeid.endswith('@house'), request.node.nodeid
