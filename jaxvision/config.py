@@ -348,11 +348,15 @@ def check_accum_steps(config) -> None:
     )
 
 
+SMOKE_EVAL_EXAMPLES = 512
+
+
 def smoke(c: ml_collections.ConfigDict, batch_size: int = 32) -> ml_collections.ConfigDict:
-  """The `smoke` preset's loop settings, shared by every config: 6 steps, 2 evals, 2 saves.
+  """The `smoke` preset's loop settings, shared by every config: 6 steps, 2 evals, 2 saves; the
+  evals read the first `SMOKE_EVAL_EXAMPLES` of the eval split (a TFDS slice), in one batch.
 
   Args:
-    c: the config to change (in place).
+    c: the config to change (in place; after its data.eval_split is set).
     batch_size: its data.batch_size.
 
   Returns:
@@ -363,7 +367,8 @@ def smoke(c: ml_collections.ConfigDict, batch_size: int = 32) -> ml_collections.
   c.train.eval_every = 3
   c.train.ckpt_every = 3
   c.data.batch_size = batch_size
-  c.data.eval_batch_size = 1000
+  c.data.eval_split = f'{c.data.eval_split}[:{SMOKE_EVAL_EXAMPLES}]'
+  c.data.eval_batch_size = SMOKE_EVAL_EXAMPLES
   return c
 
 

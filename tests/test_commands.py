@@ -25,6 +25,13 @@ CAS_SAMPLES = 'runs/cgan_smoke_samples.npz'  # --mode sample's .npz, moved where
 EXTRA = {'cas': (f'--config.data.synthetic.path={CAS_SAMPLES}',)}
 
 
+def _one_worker_per_run(names) -> list:
+  """`names` as parameters whose tests run on one worker per smoke run (cas with the cgan run
+  it samples from): each worker has its own clone and `user.train` trains a run once in it."""
+  group = lambda name: 'cgan' if name == 'cas' else name
+  return [pytest.param(n, marks=pytest.mark.xdist_group(f'run_{group(n)}')) for n in names]
+
+
 def _printed(stdout: str) -> dict:
   """The `key=value` pairs of the last line run.py printed."""
   return dict(kv.split('=', 1) for kv in stdout.strip().splitlines()[-1].split())
@@ -73,7 +80,7 @@ def user(clone_root, tfds_dir):
   return User()
 
 
-@pytest.mark.parametrize('name', CONFIGS)
+@pytest.mark.parametrize('name', _one_worker_per_run(CONFIGS))
 def test_smoke_preset_trains_resumes_and_evaluates_from_the_default_workdir(user, name):
   proc, workdir = user.train(name)
   _ok(proc)
@@ -111,7 +118,7 @@ def test_smoke_preset_trains_resumes_and_evaluates_from_the_default_workdir(user
   assert {k: pytest.approx(float(v), rel=1e-5) for k, v in shown.items()} == final
 
 
-@pytest.mark.parametrize('name', GENERATORS)
+@pytest.mark.parametrize('name', _one_worker_per_run(GENERATORS))
 def test_sample_mode_writes_pngs_and_an_npz(user, name):
   proc, workdir = user.train(name)
   _ok(proc)
@@ -140,7 +147,7 @@ def test_sample_mode_writes_pngs_and_an_npz(user, name):
     assert 'labels' not in earlier
 
 
-@pytest.mark.parametrize('name', IMAGE_CLASSIFIERS)
+@pytest.mark.parametrize('name', _one_worker_per_run(IMAGE_CLASSIFIERS))
 def test_explain_mode_writes_figures_whose_attributions_are_complete(user, name):
   proc, workdir = user.train(name)
   _ok(proc)
@@ -160,6 +167,7 @@ def test_explain_mode_writes_figures_whose_attributions_are_complete(user, name)
   assert summary['max_completeness_error'] < 0.05  # integrated gradients sum to f(x) - f(baseline)
 
 
+@pytest.mark.xdist_group('run_cnn_rnn')
 def test_explain_refuses_digit_sequences_in_one_line(user):
   proc, workdir = user.train('cnn_rnn')
   _ok(proc)

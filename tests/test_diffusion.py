@@ -37,7 +37,8 @@ def _state_and_batch(make_config, **overrides):
     'image': jnp.asarray(rng.uniform(-1, 1, size=(8, 28, 28, 1)), jnp.float32),
     'label': jnp.asarray(rng.integers(0, 10, 8), jnp.int32),
   }
-  return config, diffusion.init(config, jax.random.PRNGKey(0), batch), batch
+  init = jax.jit(lambda rng: diffusion.init(config, rng, batch))  # eager: ~12 s of op compiles
+  return config, init(jax.random.PRNGKey(0)), batch
 
 
 @pytest.mark.parametrize('schedule', diffusion.SCHEDULES)
@@ -103,10 +104,15 @@ def test_the_gradient_is_that_of_the_mean_squared_error_of_the_objective(
   eps = jax.random.normal(eps_key, x.shape)
   x_t, target = diffusion.noised(objective, x, eps, t, schedule)
   apply = lambda p: state.model.apply({'params': p}, x_t, t, None, train=True)
-  out, pull_back = jax.vjp(apply, state.params)
-  (grads,) = pull_back(2.0 * (out - target) / out.size)
+
+  @jax.jit  # one program: op by op, the UNet's vjp took ~30 s on 2 cores
+  def written_out(params):
+    out, pull_back = jax.vjp(apply, params)
+    (grads,) = pull_back(2.0 * (out - target) / out.size)
+    return out, jax.tree.map(lambda p, g: p - 0.05 * g, params, grads)
+
+  out, expected = written_out(state.params)
   assert float(metrics['loss']) == pytest.approx(float(jnp.mean((out - target) ** 2)), rel=1e-5)
-  expected = jax.tree.map(lambda p, g: p - 0.05 * g, state.params, grads)
   jax.tree.map(
     lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), new.params, expected
   )

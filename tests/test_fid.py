@@ -28,6 +28,9 @@ N_SET = 64  # images per FID set: two sets of 64 (~5-10 s a network on 2 idle co
 # scipy's sqrtm of a 2048x2048 matrix (pytorch-fid's FID) takes ~50 s on 2 cores: FID is compared
 # on every 4th feature (d = 512, the same code) unless JAXVISION_FID_FULL=1 asks for all 2048.
 FID_DIMS = slice(None) if os.environ.get('JAXVISION_FID_FULL') == '1' else slice(None, None, 4)
+# The `peers` fixture (both networks on three image sets, ~90 s on 2 cores) is built once per
+# worker: the module's tests run on one worker so that it is built once.
+pytestmark = pytest.mark.xdist_group('fid')
 
 
 def _random_state_dict(torch, template: dict, seed: int = 0) -> dict:

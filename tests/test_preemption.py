@@ -13,7 +13,14 @@ from jaxvision.data import pipeline
 
 # Evals at 2, 4, 6, checkpoints at 3, 6: a signal during the eval of step 4 hits a step that
 # the schedule would not save.
-SCHEDULE = dict(train__steps=6, train__log_every=1, train__eval_every=2, train__ckpt_every=3)
+# Two eval batches (smoke evaluates 512 examples), so a signal can land between them.
+SCHEDULE = dict(
+  train__steps=6,
+  train__log_every=1,
+  train__eval_every=2,
+  train__ckpt_every=3,
+  data__eval_batch_size=256,
+)
 
 
 def _kill_self():
